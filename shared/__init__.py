@@ -1,0 +1,1 @@
+"""Logic shared by the `webhook_ingest` and `event_processor` Azure Functions."""
