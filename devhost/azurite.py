@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-
 import shutil
 import signal
 import socket
@@ -99,8 +98,10 @@ class Azurite:
                     )
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"Azurite did not listen on port {port} within "
-                                       f"{START_TIMEOUT_SECONDS:g} s; see {self.log_file}.")
+                    raise RuntimeError(
+                        f"Azurite did not listen on port {port} within "
+                        f"{START_TIMEOUT_SECONDS:g} s; see {self.log_file}."
+                    )
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -141,16 +142,34 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m devhost.azurite",
         description="Run Azurite on 127.0.0.1 and print its connection string.",
     )
-    parser.add_argument("--location", type=Path, default=PROJECT_ROOT / ".azurite",
-                        help="data directory (default: .azurite in the project)")
-    parser.add_argument("--blob-port", type=int, default=10000)
-    parser.add_argument("--queue-port", type=int, default=10001)
-    parser.add_argument("--table-port", type=int, default=10002)
+    parser.add_argument(
+        "--location",
+        type=Path,
+        default=PROJECT_ROOT / ".azurite",
+        help="data directory (default: .azurite in the project)",
+    )
+    parser.add_argument("--blob-port", type=int, default=10000, help="0 picks a free port")
+    parser.add_argument("--queue-port", type=int, default=10001, help="0 picks a free port")
+    parser.add_argument("--table-port", type=int, default=10002, help="0 picks a free port")
+    parser.add_argument(
+        "--print-file",
+        type=Path,
+        help="also write the connection string to this file once Azurite is ready",
+    )
     args = parser.parse_args(argv)
 
-    azurite = Azurite(args.location, AzuritePorts(args.blob_port, args.queue_port, args.table_port))
+    ports = AzuritePorts(
+        args.blob_port or free_port(),
+        args.queue_port or free_port(),
+        args.table_port or free_port(),
+    )
+    azurite = Azurite(args.location, ports)
     azurite.start()
     print(azurite.connection_string, flush=True)
+    if args.print_file is not None:
+        partial = args.print_file.with_suffix(".partial")
+        partial.write_text(azurite.connection_string, encoding="utf-8")
+        partial.replace(args.print_file)
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -169,4 +188,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

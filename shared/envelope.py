@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import EnvelopeError
@@ -123,8 +123,8 @@ def compute_event_id(customer_id: str, body: bytes) -> str:
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """Format a time as ISO 8601 UTC with milliseconds and a `Z`."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + (
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
         f"{moment.microsecond // 1000:03d}Z"
     )
 
@@ -196,7 +196,9 @@ def decode_envelope(raw: bytes) -> Envelope:
         try:
             base64.b64decode(document["bodyBase64"], validate=True)
         except (binascii.Error, ValueError):
-            raise EnvelopeError(f"Envelope {event_id} has a bodyBase64 that is not base64.") from None
+            raise EnvelopeError(
+                f"Envelope {event_id} has a bodyBase64 that is not base64."
+            ) from None
 
     known = {
         "schemaVersion", "eventId", "customerId", "receivedAt", "triggerId", "triggerName",

@@ -9,6 +9,7 @@ event instead of losing one later.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ MAX_QUEUE_NAME_LENGTH = 63
 # The Functions host lets a function run this long when host.json sets no functionTimeout
 # (Consumption plan default).
 DEFAULT_FUNCTION_TIMEOUT_SECONDS = 300.0
+# Onfleet abandons a webhook request after this long and counts it as failed.
+ONFLEET_TIMEOUT_SECONDS = 10.0
 # Storage Queues refuse a visibility timeout beyond seven days.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 # The Functions host reads HTTP bodies up to 100 MB; a larger limit could never apply.
@@ -47,6 +50,7 @@ class Settings:
     events_queue: str
     payload_container: str
     max_webhook_body_bytes: int
+    ingest_timeout_seconds: float
     key_vault_url: str | None
     secret_cache_seconds: float
     secret_refresh_min_seconds: float
@@ -115,6 +119,9 @@ def load_settings(
         payload_container=payload_container,
         max_webhook_body_bytes=read.integer(
             "MAX_WEBHOOK_BODY_BYTES", 1024 * 1024, minimum=1, maximum=MAX_HOST_BODY_BYTES
+        ),
+        ingest_timeout_seconds=read.number(
+            "INGEST_TIMEOUT_SECONDS", 8.0, minimum=0.5, maximum=ONFLEET_TIMEOUT_SECONDS - 0.5
         ),
         key_vault_url=key_vault_url,
         secret_cache_seconds=read.number("SECRET_CACHE_SECONDS", 300.0, minimum=0.0),
@@ -207,7 +214,7 @@ class _Reader:
             value = float(raw)
         except ValueError:
             value = float("nan")
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ConfigurationError(
                 f"Setting {name} is not a number: {raw!r}. Expected a decimal number such as "
                 f"{default:g}."
@@ -246,9 +253,7 @@ def _check_key_vault_url(url: str) -> None:
     try:
         _ = parts.port
     except ValueError:
-        raise ConfigurationError(
-            f"Setting KEY_VAULT_URL has an invalid port: {url!r}."
-        ) from None
+        raise ConfigurationError(f"Setting KEY_VAULT_URL has an invalid port: {url!r}.") from None
 
 
 def _require_http_url(read: _Reader, name: str) -> str:
@@ -290,7 +295,9 @@ def _function_timeout_seconds(host_json: Path) -> float:
     except FileNotFoundError:
         return DEFAULT_FUNCTION_TIMEOUT_SECONDS
     except (OSError, ValueError) as error:
-        raise ConfigurationError(f"host.json at {host_json} is not readable JSON: {error}") from None
+        raise ConfigurationError(
+            f"host.json at {host_json} is not readable JSON: {error}"
+        ) from None
     raw = config.get("functionTimeout")
     if raw is None:
         return DEFAULT_FUNCTION_TIMEOUT_SECONDS
@@ -305,9 +312,7 @@ def parse_timespan(text: str, *, name: str) -> float:
             f"{name} is not a time span: {text!r}. Expected hh:mm:ss, for example 00:05:00."
         )
     days, hours, minutes, seconds = match.groups()
-    return (
-        int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    )
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 _cached: Settings | None = None

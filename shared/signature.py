@@ -39,7 +39,9 @@ def parse_secrets(stored_value: str, *, secret_name: str) -> list[bytes]:
             )
         keys.append(bytes.fromhex(part))
     if not keys:
-        raise ConfigurationError(f"Secret {secret_name} is empty; store the Onfleet webhook secret.")
+        raise ConfigurationError(
+            f"Secret {secret_name} is empty; store the Onfleet webhook secret."
+        )
     return keys
 
 

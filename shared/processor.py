@@ -1,0 +1,282 @@
+"""Delivery of one queued envelope to the ClientTrack integration queue.
+
+`EventProcessor.process` ends every message in exactly one of these ways, and returns only
+after the write that makes the outcome durable succeeded:
+
+- delivered (2xx) or already delivered within the dedupe window;
+- retry scheduled: the envelope is re-enqueued with `attempt + 1` and a visibility delay;
+- parked: the envelope, with a `failure` record, is in the poison queue with no expiry.
+
+The queue trigger then completes the original message. Anything unexpected, including a
+failed follow-up write, propagates so the Functions host retries the original message and
+moves it to `<queue>-poison` after `maxDequeueCount` tries.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.backoff import retry_delay_seconds
+from shared.clienttrack import ClientTrackClient, Credentials, CredentialsRejected
+from shared.dedupe import DeliveryLedger
+from shared.envelope import (
+    MAX_FAILURE_DETAIL_CHARS,
+    Envelope,
+    Failure,
+    decode_envelope,
+    utc_timestamp,
+)
+from shared.errors import (
+    EnvelopeError,
+    PermanentDeliveryError,
+    SecretStoreUnavailable,
+    TransientDeliveryError,
+)
+from shared.secrets import CachedSecrets, api_key_name, subscription_key_name
+from shared.settings import Settings
+from shared.storage import EventStorage
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate-skipped"
+    RETRY_SCHEDULED = "retry-scheduled"
+    PARKED = "parked"
+
+
+class Reason:
+    """Failure reasons written to parked envelopes; operators filter on them."""
+
+    PERMANENT_STATUS = "permanent-http-status"
+    AUTH_REFUSED = "auth-refused"
+    RETRIES_EXHAUSTED = "retries-exhausted"
+    CONFIGURATION = "configuration"
+    UNREADABLE_ENVELOPE = "unreadable-envelope"
+    PAYLOAD_MISSING = "payload-missing"
+    BODY_NOT_JSON = "body-not-json"
+
+
+class _Park(Exception):
+    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+class EventProcessor:
+    """Delivers envelopes for one worker with shared clients and secret cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: CachedSecrets,
+        storage: EventStorage,
+        *,
+        client: ClientTrackClient | None = None,
+        ledger: DeliveryLedger | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.secrets = secrets
+        self.storage = storage
+        self.client = client or ClientTrackClient(settings)
+        self.ledger = ledger or DeliveryLedger(settings)
+        self._rng = rng or random.Random()
+
+    async def process(self, message: bytes, *, message_id: str = "-") -> Outcome:
+        """Deliver, reschedule or park one decoded queue message."""
+        started = time.monotonic()
+        try:
+            envelope = decode_envelope(message)
+        except EnvelopeError as error:
+            await self._park_unreadable(message, message_id, error)
+            return Outcome.PARKED
+
+        attempt = envelope.attempt + 1
+        status: int | None = None
+        try:
+            if await self.ledger.delivered_at(envelope.customer_id, envelope.event_id):
+                self._log(envelope, attempt, None, started, Outcome.DUPLICATE)
+                return Outcome.DUPLICATE
+            content = await self._request_content(envelope, attempt)
+            credentials = await self._credentials(envelope.customer_id)
+            try:
+                status = await self.client.post_event(
+                    content, event_id=envelope.event_id, credentials=credentials
+                )
+            except CredentialsRejected:
+                # The keys may have been rotated since they were cached: read them once more.
+                credentials = await self._credentials(envelope.customer_id, fresh=True)
+                status = await self.client.post_event(
+                    content, event_id=envelope.event_id, credentials=credentials
+                )
+        except _Park as park:
+            return await self._park(envelope, attempt, park, started)
+        except CredentialsRejected as error:
+            refused = _Park(Reason.AUTH_REFUSED, str(error), error.status)
+            return await self._park(envelope, attempt, refused, started)
+        except PermanentDeliveryError as error:
+            rejected = _Park(Reason.PERMANENT_STATUS, str(error), error.status)
+            return await self._park(envelope, attempt, rejected, started)
+        except TransientDeliveryError as error:
+            return await self._retry(
+                envelope, attempt, error, error.status, error.retry_after_seconds, started
+            )
+        except SecretStoreUnavailable as error:
+            return await self._retry(envelope, attempt, error, None, None, started)
+
+        await self.ledger.mark_delivered(envelope.customer_id, envelope.event_id)
+        self._log(envelope, attempt, status, started, Outcome.DELIVERED)
+        return Outcome.DELIVERED
+
+    async def _request_content(self, envelope: Envelope, attempt: int) -> bytes:
+        body = envelope.inline_body()
+        if body is None:
+            assert envelope.body_blob is not None
+            try:
+                body = await self.storage.read_payload(envelope.body_blob)
+            except EnvelopeError as error:
+                raise _Park(error.reason, str(error)) from None
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise _Park(
+                Reason.BODY_NOT_JSON,
+                f"Onfleet body of event {envelope.event_id} is not JSON ({len(body)} bytes).",
+            ) from None
+        document: dict[str, Any] = {
+            "source": "onfleet",
+            "eventId": envelope.event_id,
+            "customerId": envelope.customer_id,
+            "triggerId": envelope.trigger_id,
+            "triggerName": envelope.trigger_name,
+            "taskId": envelope.task_id,
+            "workerId": envelope.worker_id,
+            "occurredAt": _millis_to_iso(envelope.onfleet_time),
+            "receivedAt": envelope.received_at,
+            "attempt": attempt,
+            "payload": payload,
+        }
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    async def _credentials(self, customer_id: str, *, fresh: bool = False) -> Credentials:
+        names = (subscription_key_name(customer_id), api_key_name(customer_id))
+        max_age = 0.0 if fresh else None
+        values = [await self.secrets.get(name, max_age_seconds=max_age) for name in names]
+        missing = [name for name, value in zip(names, values, strict=True) if value is None]
+        if missing:
+            raise _Park(
+                Reason.CONFIGURATION,
+                f"ClientTrack secrets missing for customer {customer_id}: {', '.join(missing)}.",
+            )
+        subscription_key, api_key = (value.strip() for value in values if value is not None)
+        return Credentials(subscription_key=subscription_key, api_key=api_key)
+
+    async def _retry(
+        self,
+        envelope: Envelope,
+        attempt: int,
+        error: Exception,
+        status: int | None,
+        retry_after: float | None,
+        started: float,
+    ) -> Outcome:
+        if attempt >= self.settings.max_delivery_attempts:
+            park = _Park(Reason.RETRIES_EXHAUSTED, f"Last error: {error}", status)
+            return await self._park(envelope, attempt, park, started)
+        delay = retry_delay_seconds(
+            attempt,
+            base_seconds=self.settings.retry_base_seconds,
+            cap_seconds=self.settings.retry_max_delay_seconds,
+            retry_after_seconds=retry_after,
+            rng=self._rng,
+        )
+        await self.storage.enqueue(envelope.with_attempt(attempt), visibility_timeout_seconds=delay)
+        self._log(
+            envelope,
+            attempt,
+            status,
+            started,
+            Outcome.RETRY_SCHEDULED,
+            f"retry in {delay} s: {error}",
+        )
+        return Outcome.RETRY_SCHEDULED
+
+    async def _park(self, envelope: Envelope, attempt: int, park: _Park, started: float) -> Outcome:
+        failure = Failure(
+            reason=park.reason,
+            status=park.status,
+            detail=park.detail[:MAX_FAILURE_DETAIL_CHARS],
+            at=utc_timestamp(),
+            attempts=attempt,
+        )
+        await self.storage.park(envelope.with_attempt(attempt).with_failure(failure))
+        self._log(
+            envelope,
+            attempt,
+            park.status,
+            started,
+            Outcome.PARKED,
+            f"{park.reason}: {failure.detail}",
+        )
+        return Outcome.PARKED
+
+    async def _park_unreadable(self, message: bytes, message_id: str, error: EnvelopeError) -> None:
+        # The original text is kept untouched so a newer processor, or an operator, can read
+        # it; the operators' CLI lists such messages as unreadable.
+        text = base64.b64encode(message).decode("ascii")
+        await self.storage.park_text(text)
+        logger.error("Delivery of queue message %s parked: %s: %s", message_id, error.reason, error)
+
+    def _log(
+        self,
+        envelope: Envelope,
+        attempt: int,
+        status: int | None,
+        started: float,
+        outcome: Outcome,
+        detail: str = "",
+    ) -> None:
+        level = {
+            Outcome.DELIVERED: logging.INFO,
+            Outcome.DUPLICATE: logging.INFO,
+            Outcome.RETRY_SCHEDULED: logging.WARNING,
+            Outcome.PARKED: logging.ERROR,
+        }[outcome]
+        logger.log(
+            level,
+            "Delivery customer=%s event=%s trigger=%s attempt=%d status=%s elapsed_ms=%d "
+            "outcome=%s%s",
+            envelope.customer_id,
+            envelope.event_id,
+            envelope.trigger_name,
+            attempt,
+            status if status is not None else "-",
+            (time.monotonic() - started) * 1000,
+            outcome.value,
+            f" ({detail})" if detail else "",
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.ledger.close()
+
+
+def _millis_to_iso(millis: int | None) -> str | None:
+    if millis is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return utc_timestamp(moment)
