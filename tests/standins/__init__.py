@@ -1,0 +1,1 @@
+"""Tests of the local stand-ins and tools in devhost: ClientTrack, Key Vault and the sender."""
