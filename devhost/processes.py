@@ -139,13 +139,22 @@ def clienttrack_process(
 
 
 def devhost_process(
-    port: int, settings_file: Path, log_dir: Path, env: Mapping[str, str], *, name: str = "devhost"
+    port: int,
+    settings_file: Path,
+    log_dir: Path,
+    env: Mapping[str, str],
+    *,
+    name: str = "devhost",
+    app_root: Path | None = None,
 ) -> ManagedProcess:
-    """Build the Functions runner process for this app."""
+    """Build the Functions runner process for this app, or for a copy of it at `app_root`."""
+    arguments = ["--port", str(port), "--settings", str(settings_file)]
+    if app_root is not None:
+        arguments += ["--app-root", str(app_root)]
     return ManagedProcess(
         name,
         "devhost",
-        ["--port", str(port), "--settings", str(settings_file)],
+        arguments,
         log_path=log_dir / f"{name}.log",
         env=env,
         port=port,

@@ -189,6 +189,8 @@ def decode_envelope(raw: bytes) -> Envelope:
             f"Envelope {event_id} must carry exactly one of body, bodyBase64 or bodyBlob as a "
             f"string; it has {body_fields or 'none'}."
         )
+    if "bodyBlob" in document and not document["bodyBlob"]:
+        raise EnvelopeError(f"Envelope {event_id} has an empty bodyBlob.")
     attempt = document.get("attempt", 0)
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
         raise EnvelopeError(f"Envelope {event_id} has an invalid attempt count: {attempt!r}.")

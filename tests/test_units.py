@@ -91,6 +91,7 @@ def test_envelope_failure_roundtrip() -> None:
             b'{"schemaVersion": 1, "eventId": "e", "customerId": "c", "body": "x", "attempt": -1}',
             "attempt",
         ),
+        (b'{"schemaVersion": 1, "eventId": "e", "customerId": "c", "bodyBlob": ""}', "empty"),
     ],
 )
 def test_decode_rejects(raw: bytes, message: str) -> None:
