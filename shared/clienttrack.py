@@ -19,6 +19,9 @@ from shared.errors import PermanentDeliveryError, TransientDeliveryError
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
+# httpx logs every request at INFO; the processor's own line per attempt already carries the
+# status together with the customer and event ids.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 AUTH_STATUSES = frozenset({401, 403})

@@ -185,16 +185,23 @@ def test_sigterm_mid_batch_loses_nothing(bridges: BridgeFactory) -> None:
         bridge = bridges.start(slow.url)
         sample = json.loads((SAMPLES_DIRECTORY / "task_completed_trigger3.json").read_bytes())
         event_ids = set()
-        for index in range(30):
+        for index in range(40):
             body = json.dumps({**sample, "taskId": f"task-{index}"}).encode()
             response = post(bridge.url(), body)
             assert response.status_code == 200
             event_ids.add(response.json()["eventId"])
 
-        wait_until(lambda: len(slow.requests) >= 1, "the first delivery in flight")
+        # Each answer takes 1.5 s: once the first batch is answered, the next batch is in
+        # flight half a second later, and SIGTERM lands in the middle of it.
+        wait_until(lambda: len(slow.requests) >= 1, "the first batch to be answered")
+        time.sleep(0.5)
+        answered_at_stop = len(slow.requests)
+        stopping = time.monotonic()
         assert bridge.process.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - stopping >= 0.5, "devhost did not wait for its invocations"
+        assert len(slow.requests) > answered_at_stop, "no delivery was in flight at the stop"
         delivered_before = {r.event_id for r in slow.requests if r.status == 200}
-        assert delivered_before < event_ids, "the batch finished before the stop"
+        assert delivered_before < event_ids, "every event finished before the stop"
 
         bridge.start()
         wait_until(
