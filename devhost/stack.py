@@ -194,7 +194,8 @@ def run_demo(stack: Stack, customer_id: str, timeout_seconds: float) -> int:
     return 0 if handshake.ok and arrived == len(rows) else 1
 
 
-def _wait_for_interrupt() -> None:
+def _follow_until_interrupt(log_path: Path) -> None:
+    """Echo the stand-in's one line per event until SIGINT or SIGTERM."""
     stop = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -203,7 +204,16 @@ def _wait_for_interrupt() -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    position = log_path.stat().st_size if log_path.exists() else 0
     while not stop:
+        if log_path.exists():
+            with log_path.open("rb") as log:
+                log.seek(position)
+                chunk = log.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            position += len(complete)
+            for line in complete.decode("utf-8", errors="replace").splitlines():
+                print(f"clienttrack | {line}", flush=True)
         time.sleep(0.2)
 
 
@@ -217,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="send every sample, wait for each event, print a table and exit",
     )
-    parser.add_argument("--port", type=int, default=7071, help="runner HTTP port (default 7071)")
+    parser.add_argument(
+        "--port", type=int, help="runner HTTP port (default 7071; the demo picks a free port)"
+    )
     parser.add_argument(
         "--clienttrack-port",
         type=int,
@@ -245,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     settings_file = local_settings_path(args.settings)
     run_dir = PROJECT_ROOT / ".run"
     temporary: Path | None = None
+    port = args.port or (free_port() if args.demo else 7071)
+    clienttrack_port = args.clienttrack_port or (free_port() if args.demo else 7072)
     if args.demo:
         # A demo starts from empty storage on free ports, so it neither sees earlier runs'
         # messages nor collides with an Azurite the developer already runs.
@@ -261,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             print("Ports 10000-10002 are taken; Azurite uses free ports instead.")
 
     stack = Stack(
-        port=args.port,
-        clienttrack_port=args.clienttrack_port,
+        port=port,
+        clienttrack_port=clienttrack_port,
         settings_file=settings_file,
         run_dir=run_dir,
         azurite_location=location,
@@ -278,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
         print(f"Settings:       {settings_file}")
         print(f"Webhook URL:    {stack.webhook_url(args.customer)}")
-        print(f"ClientTrack:    http://127.0.0.1:{args.clienttrack_port}{DEFAULT_PATH}")
+        print(f"ClientTrack:    http://127.0.0.1:{clienttrack_port}{DEFAULT_PATH}")
         print(f"Logs:           {run_dir}")
         print(f"Storage:        AzureWebJobsStorage='{stack.connection_string}'")
         print(
@@ -286,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.customer} --url {stack.webhook_url(args.customer)}"
         )
         print("Press Ctrl-C to stop.")
-        _wait_for_interrupt()
+        _follow_until_interrupt(run_dir / "clienttrack.log")
         return 0
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
