@@ -6,6 +6,8 @@ import asyncio
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -238,3 +240,59 @@ def test_duplicate_post_delivered_once(bridges: BridgeFactory, standin: ClientTr
         )
     time.sleep(1.0)
     assert len(standin.accepted_requests) == 1
+
+
+def test_replay_after_outage_delivers(bridges: BridgeFactory, standin: ClientTrackStandIn) -> None:
+    # ClientTrack rejects three events outright, an operator fixes the cause and replays
+    # two of them with the CLI, as a subprocess, while devhost keeps running.
+    standin.script([400, 400, 400])
+    bridge = bridges.start(standin.url)
+    sample = json.loads((SAMPLES_DIRECTORY / "task_completed_trigger3.json").read_bytes())
+    event_ids = []
+    for index in range(3):
+        body = json.dumps({**sample, "taskId": f"replay-{index}"}).encode()
+        event_ids.append(post(bridge.url(), body).json()["eventId"])
+    poison = bridge.queue + "-poison"
+    wait_until(lambda: len(queue_texts(bridge.connection_string, poison)) == 3, "3 parked events")
+    parked_ids = {
+        decode_queue_text(text).event_id: text
+        for text in queue_texts(bridge.connection_string, poison)
+    }
+    assert set(parked_ids) == set(event_ids)
+
+    with QueueClient.from_connection_string(bridge.connection_string, poison) as queue:
+        message_ids = {
+            decode_queue_text(m.content).event_id: m.id
+            for m in queue.peek_messages(max_messages=32)
+        }
+    chosen = event_ids[:2]
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ops.poison",
+            "replay",
+            "--connection-string",
+            bridge.connection_string,
+            "--queue",
+            bridge.queue,
+            "--id",
+            message_ids[chosen[0]],
+            "--id",
+            message_ids[chosen[1]],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+
+    def delivered() -> set[str | None]:
+        return {r.event_id for r in standin.accepted_requests if r.status == 200}
+
+    wait_until(lambda: delivered() >= set(chosen), "the replayed events at ClientTrack")
+    remaining = [decode_queue_text(t) for t in queue_texts(bridge.connection_string, poison)]
+    assert [envelope.event_id for envelope in remaining] == [event_ids[2]]
+    replayed = [r for r in standin.accepted_requests if r.status == 200]
+    assert all(r.body["attempt"] == 1 for r in replayed)
