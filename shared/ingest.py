@@ -74,9 +74,8 @@ class IngestHandler:
         method = method.upper()
         if not CUSTOMER_ID_PATTERN.match(customer_id):
             # The id is not echoed: it is attacker-controlled text of any length.
-            logger.info(
-                "Webhook rejected: invalid customer id (%d characters), status 404",
-                len(customer_id),
+            _log(
+                f"<invalid, {len(customer_id)} characters>", None, None, 404, "invalid-customer-id"
             )
             return _text(404, "Not found: unknown customer.")
         if method == "GET":
@@ -89,16 +88,10 @@ class IngestHandler:
 
     async def _handshake(self, customer_id: str, check: str | None) -> IngestResponse:
         if not check:
-            logger.info(
-                "Handshake for customer %s rejected: check missing, status 400", customer_id
-            )
+            _log(customer_id, None, None, 400, "handshake-check-missing")
             return _text(400, "Bad request: query parameter check is missing or empty.")
         if len(check) > MAX_CHECK_CHARS:
-            logger.info(
-                "Handshake for customer %s rejected: check has %d characters, status 400",
-                customer_id,
-                len(check),
-            )
+            _log(customer_id, None, None, 400, f"handshake-check-too-long ({len(check)} chars)")
             return _text(400, f"Bad request: check is longer than {MAX_CHECK_CHARS} characters.")
         try:
             await asyncio.wait_for(
@@ -108,7 +101,7 @@ class IngestHandler:
             return _text(404, "Not found: unknown customer.")
         except (SecretStoreUnavailable, ConfigurationError, TimeoutError) as error:
             return self._unavailable(customer_id, None, error)
-        logger.info("Handshake for customer %s answered, status 200", customer_id)
+        _log(customer_id, None, None, 200, "handshake")
         return _text(200, check)
 
     async def _event(
@@ -116,31 +109,32 @@ class IngestHandler:
     ) -> IngestResponse:
         limit = self.settings.max_webhook_body_bytes
         if len(body) > limit:
-            logger.info(
-                "Webhook for customer %s rejected: body of %d bytes exceeds %d, status 413",
-                customer_id,
-                len(body),
-                limit,
-            )
+            _log(customer_id, None, None, 413, f"too-large ({len(body)} bytes)")
             return _text(413, f"Payload too large: {len(body)} bytes, the limit is {limit}.")
         try:
             async with asyncio.timeout(self.settings.ingest_timeout_seconds):
                 await self._verify(customer_id, headers.get(SIGNATURE_HEADER), body)
                 envelope = build_envelope(customer_id, body)
                 if not self.settings.forwards(envelope.trigger_name):
-                    logger.info(
-                        "Webhook for customer %s event %s trigger %s skipped: trigger not "
-                        "forwarded, status 200",
+                    _log(
                         customer_id,
                         envelope.event_id,
                         envelope.trigger_name,
+                        200,
+                        "skipped (trigger not forwarded)",
                     )
                     return _json(200, {"eventId": envelope.event_id, "forwarded": False})
                 await self.storage.enqueue(envelope)
         except _UnknownCustomer:
             return _text(404, "Not found: unknown customer.")
         except SignatureError as error:
-            logger.info("Webhook for customer %s rejected: %s status 401", customer_id, error)
+            _log(
+                customer_id,
+                compute_event_id(customer_id, body),
+                None,
+                401,
+                f"signature-rejected ({error})",
+            )
             return _text(401, f"Unauthorized: {error}")
         except (
             SecretStoreUnavailable,
@@ -150,23 +144,14 @@ class IngestHandler:
         ) as error:
             return self._unavailable(customer_id, compute_event_id(customer_id, body), error)
 
-        logger.info(
-            "Webhook for customer %s event %s trigger %s enqueued, status 200",
-            customer_id,
-            envelope.event_id,
-            envelope.trigger_name,
-        )
+        _log(customer_id, envelope.event_id, envelope.trigger_name, 200, "enqueued")
         return _json(200, {"eventId": envelope.event_id})
 
     async def _keys(self, customer_id: str, *, max_age_seconds: float | None = None) -> list[bytes]:
         name = webhook_secret_name(customer_id)
         value = await self.secrets.get(name, max_age_seconds=max_age_seconds)
         if value is None:
-            logger.info(
-                "Webhook for customer %s rejected: secret %s not found, status 404",
-                customer_id,
-                name,
-            )
+            _log(customer_id, None, None, 404, f"unknown-customer (secret {name} not found)")
             raise _UnknownCustomer
         keys = self._parsed.get(value)
         if keys is None:
@@ -203,17 +188,33 @@ class IngestHandler:
             )
         else:
             detail = str(error)
-        logger.error(
-            "Webhook for customer %s event %s failed: %s status 503",
-            customer_id,
-            event_id or "-",
-            detail,
-        )
+        _log(customer_id, event_id, None, 503, f"unavailable ({detail})", level=logging.ERROR)
         return _text(
             503,
             "Service unavailable: the event was not accepted; retry later.",
             {"Retry-After": "10"},
         )
+
+
+def _log(
+    customer_id: str,
+    event_id: str | None,
+    trigger_name: str | None,
+    status: int,
+    outcome: str,
+    *,
+    level: int = logging.INFO,
+) -> None:
+    """Write the one line per request: ids first, then status and outcome."""
+    logger.log(
+        level,
+        "Webhook customer=%s event=%s trigger=%s status=%d outcome=%s",
+        customer_id,
+        event_id or "-",
+        trigger_name or "-",
+        status,
+        outcome,
+    )
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> IngestResponse:

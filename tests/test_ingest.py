@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -419,3 +420,29 @@ async def test_queue_created_when_missing(
         assert (await call(function, signed_post(TEST_BODY))).status_code == 200
         properties = await queue.get_queue_properties()
     assert properties.approximate_message_count == 1
+
+
+async def test_log_line_carries_ids(
+    function: ModuleType, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.ingest")
+    body = sample_body()
+    response = await call(function, signed_post(body))
+    event_id = json.loads(response.get_body())["eventId"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "shared.ingest"]
+    assert line == (
+        f"Webhook customer={CUSTOMER} event={event_id} trigger=taskCompleted status=200 "
+        "outcome=enqueued"
+    )
+    assert TEST_SECRET_HEX not in caplog.text
+    assert body.decode() not in caplog.text
+
+
+async def test_unknown_customer_log_names_secret(
+    function: ModuleType, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.ingest")
+    response = await call(function, http_request("GET", "nobody", params={"check": "x"}))
+    assert response.status_code == 404
+    assert "onfleet-webhook-secret-nobody" in caplog.text
+    assert b"onfleet-webhook-secret" not in response.get_body()
