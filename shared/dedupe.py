@@ -3,8 +3,10 @@
 The processor marks an event after ClientTrack answered 2xx and skips an event already
 marked within `DEDUPE_WINDOW_HOURS`. Onfleet's retries of one delivery, the queue's
 at-least-once redelivery and an operator's replay all carry the same event id, so each of
-them leads to one ClientTrack call. A crash between ClientTrack's 2xx and the mark can still
-send an event twice; the `Idempotency-Key` header lets ClientTrack drop that copy.
+them leads to one ClientTrack call. An event can still be sent twice when the process dies
+between ClientTrack's 2xx and the mark, when the mark cannot be written (Storage is down),
+or when two workers deliver copies at the same moment (one worker takes them in turn); the
+`Idempotency-Key` header lets ClientTrack drop such a copy.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,8 @@ MAX_QUEUE_MESSAGE_BYTES = 64 * 1024
 FAILURE_RECORD_RESERVE_BYTES = 4 * 1024
 MAX_INLINE_MESSAGE_BYTES = MAX_QUEUE_MESSAGE_BYTES - FAILURE_RECORD_RESERVE_BYTES
 MAX_FAILURE_DETAIL_CHARS = 300
+CUSTOMER_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,11 @@ def build_envelope(customer_id: str, body: bytes, *, received_at: str | None = N
     )
 
 
+def claim_check_blob_name(customer_id: str, event_id: str) -> str:
+    """Name the blob that holds a claim-checked body."""
+    return f"{customer_id}/{event_id}"
+
+
 def claim_checked(envelope: Envelope, blob_name: str) -> Envelope:
     """Return the envelope with its body replaced by a reference to `blob_name`."""
     return replace(envelope, body=None, body_base64=None, body_blob=blob_name)
@@ -182,15 +190,28 @@ def decode_envelope(raw: bytes) -> Envelope:
             f"version {SCHEMA_VERSION}."
         )
     event_id = _required_string(document, "eventId")
+    if not _EVENT_ID.match(event_id):
+        raise EnvelopeError("Envelope eventId is not 64 lowercase hex digits.")
     customer_id = _required_string(document, "customerId")
+    if not CUSTOMER_ID.match(customer_id):
+        raise EnvelopeError(
+            f"Envelope {event_id} has an invalid customerId; expected 1 to 64 letters, digits "
+            "and hyphens."
+        )
     body_fields = [name for name in ("body", "bodyBase64", "bodyBlob") if name in document]
     if len(body_fields) != 1 or not isinstance(document[body_fields[0]], str):
         raise EnvelopeError(
             f"Envelope {event_id} must carry exactly one of body, bodyBase64 or bodyBlob as a "
             f"string; it has {body_fields or 'none'}."
         )
-    if "bodyBlob" in document and not document["bodyBlob"]:
-        raise EnvelopeError(f"Envelope {event_id} has an empty bodyBlob.")
+    if "bodyBlob" in document and document["bodyBlob"] != claim_check_blob_name(
+        customer_id, event_id
+    ):
+        # Ingest always names the blob after the customer and event, so any other name is a
+        # damaged or forged envelope that could otherwise read another customer's body.
+        raise EnvelopeError(
+            f"Envelope {event_id} has a bodyBlob other than {customer_id}/{event_id}."
+        )
     attempt = document.get("attempt", 0)
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
         raise EnvelopeError(f"Envelope {event_id} has an invalid attempt count: {attempt!r}.")

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.envelope import build_envelope, compute_event_id
+from shared.envelope import CUSTOMER_ID, build_envelope, compute_event_id
 from shared.errors import (
     ConfigurationError,
     SecretStoreUnavailable,
@@ -29,7 +28,6 @@ from shared.storage import EventStorage
 
 logger = logging.getLogger(__name__)
 
-CUSTOMER_ID_PATTERN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 MAX_CHECK_CHARS = 1024
 # Parsed keys are cached by stored value, so a rotated secret is parsed once.
 MAX_PARSED_SECRET_VALUES = 4096
@@ -72,7 +70,7 @@ class IngestHandler:
     ) -> IngestResponse:
         """Answer one request to `/onfleet/webhooks/<customer_id>`."""
         method = method.upper()
-        if not CUSTOMER_ID_PATTERN.match(customer_id):
+        if not CUSTOMER_ID.match(customer_id):
             # The id is not echoed: it is attacker-controlled text of any length.
             _log(
                 f"<invalid, {len(customer_id)} characters>", None, None, 404, "invalid-customer-id"

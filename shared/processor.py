@@ -10,16 +10,24 @@ after the write that makes the outcome durable succeeded:
 The queue trigger then completes the original message. Anything unexpected, including a
 failed follow-up write, propagates so the Functions host retries the original message and
 moves it to `<queue>-poison` after `maxDequeueCount` tries.
+
+Copies of one event id (an Onfleet retry, a queue redelivery, a replay) can arrive in the
+same batch. Within one worker they are processed one at a time, so a later copy finds the
+earlier copy's dedupe mark instead of calling ClientTrack a second time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import enum
 import json
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +81,14 @@ class _Park(Exception):
         self.status = status
 
 
+@dataclass
+class _Turn:
+    """The lock that copies of one event id take turns on, and how many hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class EventProcessor:
     """Delivers envelopes for one worker with shared clients and secret cache."""
 
@@ -92,6 +108,7 @@ class EventProcessor:
         self.client = client or ClientTrackClient(settings)
         self.ledger = ledger or DeliveryLedger(settings)
         self._rng = rng or random.Random()
+        self._turns: dict[str, _Turn] = {}
 
     async def process(self, message: bytes, *, message_id: str = "-") -> Outcome:
         """Deliver, reschedule or park one decoded queue message."""
@@ -102,6 +119,25 @@ class EventProcessor:
             await self._park_unreadable(message, message_id, error)
             return Outcome.PARKED
 
+        async with self._one_copy_at_a_time(envelope.event_id):
+            return await self._deliver(envelope, started)
+
+    @contextlib.asynccontextmanager
+    async def _one_copy_at_a_time(self, event_id: str) -> AsyncIterator[None]:
+        # NOTE: this orders copies within one worker process only. Copies taken by two
+        # workers or instances at the same moment can both reach ClientTrack, which the
+        # Idempotency-Key header lets it drop.
+        turn = self._turns.setdefault(event_id, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[event_id]
+
+    async def _deliver(self, envelope: Envelope, started: float) -> Outcome:
         attempt = envelope.attempt + 1
         status: int | None = None
         try:

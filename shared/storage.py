@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from shared.envelope import Envelope, claim_checked, fits_queue_message
+from shared.envelope import Envelope, claim_check_blob_name, claim_checked, fits_queue_message
 from shared.errors import PayloadMissing, StorageUnavailable
 from shared.settings import Settings
 
@@ -152,7 +152,7 @@ class EventStorage:
 
         body = envelope.inline_body()
         assert body is not None, "only inline envelopes are claim-checked"
-        blob_name = f"{envelope.customer_id}/{envelope.event_id}"
+        blob_name = claim_check_blob_name(envelope.customer_id, envelope.event_id)
         for first_try in (True, False):
             try:
                 # Same event id means same bytes, so overwriting on an Onfleet retry is safe.

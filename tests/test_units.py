@@ -86,12 +86,17 @@ def test_envelope_failure_roundtrip() -> None:
         (b"[1]", "not an object"),
         (b'{"schemaVersion": 2}', "schemaVersion 2 is not supported"),
         (b'{"schemaVersion": 1, "customerId": "c", "body": "x"}', "eventId"),
-        (b'{"schemaVersion": 1, "eventId": "e", "customerId": "c"}', "exactly one of"),
         (
-            b'{"schemaVersion": 1, "eventId": "e", "customerId": "c", "body": "x", "attempt": -1}',
+            b'{"schemaVersion": 1, "eventId": "' + b"e" * 64 + b'", "customerId": "c"}',
+            "exactly one of",
+        ),
+        (
+            b'{"schemaVersion": 1, "eventId": "'
+            + b"e" * 64
+            + b'", "customerId": "c", "body": "x", '
+            b'"attempt": -1}',
             "attempt",
         ),
-        (b'{"schemaVersion": 1, "eventId": "e", "customerId": "c", "bodyBlob": ""}', "empty"),
     ],
 )
 def test_decode_rejects(raw: bytes, message: str) -> None:
@@ -151,3 +156,21 @@ def test_retry_after_http_date() -> None:
 @pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5"])
 def test_retry_after_unusable(value: str | None) -> None:
     assert parse_retry_after(value) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"eventId": "E" * 64}, "eventId is not 64 lowercase hex"),
+        ({"customerId": "../other"}, "invalid customerId"),
+        ({"customerId": "x" * 65}, "invalid customerId"),
+        ({"body": None, "bodyBlob": "other-customer/" + "a" * 64}, "bodyBlob other than"),
+        ({"body": None, "bodyBlob": ""}, "bodyBlob other than"),
+    ],
+)
+def test_decode_rejects_forged_fields(change: dict[str, object], message: str) -> None:
+    document = build_envelope("c-1", b"{}").to_dict()
+    document.update(change)
+    document = {key: value for key, value in document.items() if value is not None or key != "body"}
+    with pytest.raises(EnvelopeError, match=message):
+        decode_envelope(json.dumps(document).encode())

@@ -182,7 +182,7 @@ def test_sigterm_mid_batch_loses_nothing(bridges: BridgeFactory) -> None:
         f"clienttrack-subscription-key-{DEMO_CUSTOMER}": SUBSCRIPTION_KEY,
         f"clienttrack-api-key-{DEMO_CUSTOMER}": API_KEY,
     }
-    faults = FaultSettings(delay_seconds=1.5)
+    faults = FaultSettings(delay_seconds=3.0)
     with ClientTrackStandIn(secrets, faults=faults) as slow:
         bridge = bridges.start(slow.url)
         sample = json.loads((SAMPLES_DIRECTORY / "task_completed_trigger3.json").read_bytes())
@@ -193,10 +193,10 @@ def test_sigterm_mid_batch_loses_nothing(bridges: BridgeFactory) -> None:
             assert response.status_code == 200
             event_ids.add(response.json()["eventId"])
 
-        # Each answer takes 1.5 s: once the first batch is answered, the next batch is in
-        # flight half a second later, and SIGTERM lands in the middle of it.
+        # Each answer takes 3 s: once the first batch is answered, the next batch is in
+        # flight a moment later, and SIGTERM a second after that lands in the middle of it.
         wait_until(lambda: len(slow.requests) >= 1, "the first batch to be answered")
-        time.sleep(0.5)
+        time.sleep(1.0)
         answered_at_stop = len(slow.requests)
         stopping = time.monotonic()
         assert bridge.process.stop(signal.SIGTERM) == 0

@@ -10,7 +10,13 @@ import pytest
 from azure.storage.blob import ContainerClient
 from azure.storage.queue import QueueClient
 
-from shared.envelope import Failure, build_envelope, claim_checked, utc_timestamp
+from shared.envelope import (
+    Failure,
+    build_envelope,
+    claim_check_blob_name,
+    claim_checked,
+    utc_timestamp,
+)
 from tests.ops.support import Cli, host_moved_text, onfleet_body, parked_text, receive_all
 
 
@@ -61,29 +67,31 @@ def test_show_claim_checked_body(
     cli: Cli, poison_queue: QueueClient, container: ContainerClient
 ) -> None:
     body = onfleet_body("taskCompleted", "t-big", notes="x" * 100)
-    container.upload_blob("acme-foodbank/t-big.json", body)
-    envelope = claim_checked(build_envelope("acme-foodbank", body), "acme-foodbank/t-big.json")
+    inline = build_envelope("acme-foodbank", body)
+    blob_name = claim_check_blob_name("acme-foodbank", inline.event_id)
+    container.upload_blob(blob_name, body)
+    envelope = claim_checked(inline, blob_name)
     message = poison_queue.send_message(envelope.to_queue_text())
 
     result = cli("show", message.id, "--container", container.container_name)
 
     assert result.code == 0, result.stderr
-    assert f"blob acme-foodbank/t-big.json in container {container.container_name}" in (
-        result.stdout
-    )
+    assert f"blob {blob_name} in container {container.container_name}" in result.stdout
     assert '\n  "taskId": "t-big",\n' in result.stdout
     assert "Kind      host-moved" in result.stdout
 
 
 def test_show_missing_blob(cli: Cli, poison_queue: QueueClient, container: ContainerClient) -> None:
-    envelope = claim_checked(build_envelope("acme-foodbank", b"{}"), "gone.json")
+    inline = build_envelope("acme-foodbank", b"{}")
+    blob_name = claim_check_blob_name("acme-foodbank", inline.event_id)
+    envelope = claim_checked(inline, blob_name)
     failure = Failure("payload-missing", None, "blob gone", utc_timestamp(), 1)
     message = poison_queue.send_message(envelope.with_failure(failure).to_queue_text())
 
     result = cli("show", message.id, "--container", container.container_name)
 
     assert result.code == 0
-    assert f"Body (blob gone.json in container {container.container_name} (not found))" in (
+    assert f"Body (blob {blob_name} in container {container.container_name} (not found))" in (
         result.stdout
     )
 
