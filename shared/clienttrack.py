@@ -51,8 +51,13 @@ class Credentials:
         return f"ApiKey {self.api_key}"
 
     def redact(self, text: str) -> str:
-        """Remove both keys from text that came back from the server."""
-        for secret in (self.subscription_key, self.api_key):
+        """Remove both keys from text that came back from the server.
+
+        An API key stored with its `ApiKey ` prefix is also removed without the prefix,
+        because a server may echo the key alone.
+        """
+        bare_api_key = _API_KEY_SCHEME.sub("", self.api_key)
+        for secret in (self.subscription_key, self.api_key, bare_api_key):
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text
