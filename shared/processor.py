@@ -72,6 +72,11 @@ class Reason:
     PAYLOAD_MISSING = "payload-missing"
     BODY_NOT_JSON = "body-not-json"
 
+    ALL = (
+        PERMANENT_STATUS, AUTH_REFUSED, RETRIES_EXHAUSTED, CONFIGURATION, UNREADABLE_ENVELOPE,
+        PAYLOAD_MISSING, BODY_NOT_JSON,
+    )  # fmt: skip
+
 
 class _Park(Exception):
     def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
@@ -295,7 +300,7 @@ class EventProcessor:
             "outcome=%s%s",
             envelope.customer_id,
             envelope.event_id,
-            envelope.trigger_name,
+            envelope.trigger_name or "-",
             attempt,
             status if status is not None else "-",
             (time.monotonic() - started) * 1000,

@@ -154,7 +154,8 @@ def run_status(context: CommandContext, *, as_json: bool) -> int:
     elif not parked:
         out.write(f"{context.options.poison_queue}: empty\n")
     else:
-        line = f"{context.options.poison_queue}: about {poison_depth} messages"
+        noun = "message" if poison_depth == 1 else "messages"
+        line = f"{context.options.poison_queue}: about {poison_depth} {noun}"
         if oldest is not None:
             line += f", oldest inserted {iso_time(oldest)} ({format_age(oldest, now)} ago)"
         out.write(line + "\n")

@@ -21,11 +21,17 @@ from typing import Any, Literal
 
 from shared.envelope import Envelope, decode_queue_text
 from shared.errors import EnvelopeError
+from shared.processor import Reason
 
 Kind = Literal["parked", "host-moved", "unreadable"]
 
 HOST_MOVED_REASON = "host-retries-exhausted"
 UNREADABLE_REASON = "unreadable"
+# Reasons the processor writes, the two this CLI assigns, and the kinds, which --reason
+# also accepts.
+KNOWN_REASONS = frozenset(
+    (*Reason.ALL, HOST_MOVED_REASON, UNREADABLE_REASON, "parked", "host-moved")
+)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _DURATION_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -213,6 +219,12 @@ def build_selection(
             raise FilterError(
                 f"Invalid --customer value {customer!r}: a customer id is 1 to 64 ASCII letters, "
                 "digits and hyphens."
+            )
+    for reason in reasons:
+        if reason not in KNOWN_REASONS:
+            raise FilterError(
+                f"Invalid --reason value {reason!r}: expected one of "
+                f"{', '.join(sorted(KNOWN_REASONS))}."
             )
     if limit is not None and limit < 1:
         raise FilterError(f"Invalid --limit value {limit}: expected a whole number of at least 1.")

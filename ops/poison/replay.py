@@ -58,7 +58,8 @@ def run_replay(
 
         if dry_run:
             context.stdout.write(
-                f"Dry run: would move {len(movable)} messages from {poison_name} to {main_name}; "
+                f"Dry run: would move {len(movable)} message{'' if len(movable) == 1 else 's'} "
+                f"from {poison_name} to {main_name}; "
                 f"skipped as unreadable: {skipped}.\n"
             )
             write_table(movable, context.stdout)

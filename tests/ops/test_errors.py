@@ -230,4 +230,4 @@ def test_subprocess_list_and_status(
     assert listed.returncode == 0
     assert "t-sub" in listed.stdout
     assert status.returncode == 1
-    assert "about 1 messages" in status.stdout
+    assert "about 1 message," in status.stdout

@@ -158,3 +158,9 @@ def test_progress_silent_off_terminal() -> None:
     progress.finish()
 
     assert stream.getvalue() == ""
+
+
+def test_unknown_reason_rejected() -> None:
+    with pytest.raises(FilterError, match="retries-exausted"):
+        build_selection(reasons=["retries-exausted"])
+    assert build_selection(reasons=["retries-exhausted", "host-moved"]).reasons
