@@ -34,7 +34,7 @@ test: install
 	exit $$status
 
 run: install
-	$(PY) -m devhost.stack
+	$(PY) -m devhost.stack $(ARGS)
 
 demo: install
 	$(PY) -m devhost.stack --demo

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -54,8 +55,10 @@ class Stack:
         run_dir: Path,
         azurite_location: Path,
         azurite_ports: AzuritePorts,
+        clienttrack_arguments: Sequence[str] = (),
     ) -> None:
         self.port = port
+        self.clienttrack_arguments = list(clienttrack_arguments)
         self.clienttrack_port = clienttrack_port
         self.settings_file = settings_file
         self.run_dir = run_dir
@@ -80,7 +83,12 @@ class Stack:
             "CLIENTTRACK_INTEGRATION_QUEUE_URL": clienttrack_url,
         }
         self.processes.append(
-            clienttrack_process(self.clienttrack_port, self.settings_file, self.run_dir)
+            clienttrack_process(
+                self.clienttrack_port,
+                self.settings_file,
+                self.run_dir,
+                *self.clienttrack_arguments,
+            )
         )
         self.processes.append(devhost_process(self.port, self.settings_file, self.run_dir, env))
         for process in self.processes:
@@ -194,8 +202,29 @@ def run_demo(stack: Stack, customer_id: str, timeout_seconds: float) -> int:
     return 0 if handshake.ok and arrived == len(rows) else 1
 
 
-def _follow_until_interrupt(log_path: Path) -> None:
-    """Echo the stand-in's one line per event until SIGINT or SIGTERM."""
+class _LogFollower:
+    """New complete lines of a growing log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.position = path.stat().st_size if path.exists() else 0
+
+    def new_lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as log:
+            log.seek(self.position)
+            chunk = log.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.position += len(complete)
+        return complete.decode("utf-8", errors="replace").splitlines()
+
+
+def _follow_until_interrupt(stack: Stack) -> int:
+    """Echo each event ClientTrack received and each delivery that did not succeed.
+
+    Returns 0 on SIGINT or SIGTERM, and 1 when a child process exits on its own.
+    """
     stop = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -204,17 +233,24 @@ def _follow_until_interrupt(log_path: Path) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    position = log_path.stat().st_size if log_path.exists() else 0
+    clienttrack = _LogFollower(stack.run_dir / "clienttrack.log")
+    devhost = _LogFollower(stack.run_dir / "devhost.log")
     while not stop:
-        if log_path.exists():
-            with log_path.open("rb") as log:
-                log.seek(position)
-                chunk = log.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            position += len(complete)
-            for line in complete.decode("utf-8", errors="replace").splitlines():
-                print(f"clienttrack | {line}", flush=True)
+        for line in clienttrack.new_lines():
+            print(f"clienttrack | {line}", flush=True)
+        for line in devhost.new_lines():
+            if "Delivery customer=" in line and "outcome=delivered" not in line:
+                print(f"devhost     | {line}", flush=True)
+        for process in stack.processes:
+            if not process.running:
+                print(
+                    f"error: {process.name} exited with code {process.returncode}; "
+                    f"see {process.log_path}:\n{process.log_tail()}",
+                    file=sys.stderr,
+                )
+                return 1
         time.sleep(0.2)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,8 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--clienttrack-port",
         type=int,
-        default=7072,
-        help="ClientTrack stand-in port (default 7072)",
+        help="ClientTrack stand-in port (default 7072; the demo picks a free port)",
+    )
+    faults = parser.add_argument_group("faults injected by the ClientTrack stand-in")
+    faults.add_argument("--fail-rate", help="fraction of requests answered with a failure")
+    faults.add_argument("--statuses", help="failure statuses, such as 500,429 (default 500)")
+    faults.add_argument("--retry-after", help="Retry-After seconds sent with 429 and 503")
+    faults.add_argument("--delay-ms", help="milliseconds before each answer")
+    faults.add_argument(
+        "--drop-connection-rate", help="fraction of requests whose connection is dropped"
     )
     parser.add_argument(
         "--settings",
@@ -274,6 +317,21 @@ def main(argv: list[str] | None = None) -> int:
             ports = AzuritePorts(free_port(), free_port(), free_port())
             print("Ports 10000-10002 are taken; Azurite uses free ports instead.")
 
+    if not args.demo:
+        taken = [number for number in (port, clienttrack_port) if port_accepts(number)]
+        if taken:
+            print(
+                f"error: port {taken[0]} is already in use; stop what listens there or choose "
+                "other ports with --port and --clienttrack-port.",
+                file=sys.stderr,
+            )
+            return 1
+    clienttrack_arguments: list[str] = []
+    for option in ("fail_rate", "statuses", "retry_after", "delay_ms", "drop_connection_rate"):
+        value = getattr(args, option)
+        if value is not None:
+            clienttrack_arguments += ["--" + option.replace("_", "-"), value]
+
     stack = Stack(
         port=port,
         clienttrack_port=clienttrack_port,
@@ -281,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=run_dir,
         azurite_location=location,
         azurite_ports=ports,
+        clienttrack_arguments=clienttrack_arguments,
     )
     try:
         stack.start()
@@ -299,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
             "Send a sample:  .venv/bin/python -m devhost.send --customer "
             f"{args.customer} --url {stack.webhook_url(args.customer)}"
         )
+        print(
+            "Poison queue:   .venv/bin/python -m ops.poison status --connection-string "
+            f"'{stack.connection_string}'"
+        )
         print("Press Ctrl-C to stop.")
-        _follow_until_interrupt(run_dir / "clienttrack.log")
-        return 0
+        return _follow_until_interrupt(stack)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

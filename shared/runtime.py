@@ -8,6 +8,7 @@ once on that loop and reused by every request and queue message. A different run
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from shared.secrets import AppSettingsSecretStore, CachedSecrets, KeyVaultSecretStore, SecretStore
@@ -66,15 +67,33 @@ def make_secret_store(settings: Settings) -> SecretStore:
 
 _runtime: Runtime | None = None
 _runtime_loop: asyncio.AbstractEventLoop | None = None
+_closer: AsyncIterator[None] | None = None
+_closer_started: asyncio.Future[None] | None = None
+
+
+async def _close_at_loop_shutdown(runtime: Runtime) -> AsyncIterator[None]:
+    """Close the runtime's clients when the event loop shuts down its async generators.
+
+    A loop run by `asyncio.run` calls `aclose()` on every started async generator before it
+    closes, which runs the `finally` below while the loop can still await. Without it the
+    aiohttp sessions of the Azure clients are only garbage-collected, with an error logged.
+    """
+    try:
+        yield
+    finally:
+        await runtime.close()
 
 
 def get_runtime() -> Runtime:
     """Return the runtime of the running event loop, building it on first use."""
-    global _runtime, _runtime_loop
+    global _runtime, _runtime_loop, _closer, _closer_started
     loop = asyncio.get_running_loop()
     if _runtime is None or _runtime_loop is not loop:
         _runtime = Runtime(get_settings())
         _runtime_loop = loop
+        _closer = _close_at_loop_shutdown(_runtime)
+        # Advancing the generator to its yield registers it with this loop's shutdown.
+        _closer_started = asyncio.ensure_future(anext(_closer))
     return _runtime
 
 

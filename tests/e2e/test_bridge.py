@@ -74,6 +74,9 @@ def test_handshake_over_http(bridges: BridgeFactory) -> None:
     assert httpx.get(bridge.url()).status_code == 400
     assert httpx.get(bridge.url("nobody"), params={"check": "x"}).status_code == 404
 
+    assert bridge.process.stop() == 0
+    assert "Unclosed" not in bridge.process.log_text()
+
 
 def test_every_sample_delivered(bridges: BridgeFactory, tmp_path: Path) -> None:
     port = free_port()
