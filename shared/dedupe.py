@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings
+from shared.transport import sdk_transport_options
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -36,7 +37,10 @@ class DeliveryLedger:
         self._table: TableClient
         if settings.storage_connection_string is not None:
             self._table = TableClient.from_connection_string(
-                settings.storage_connection_string, settings.dedupe_table, retry_total=2
+                settings.storage_connection_string,
+                settings.dedupe_table,
+                retry_total=2,
+                **sdk_transport_options(),
             )
         else:
             from azure.identity.aio import DefaultAzureCredential
@@ -47,6 +51,7 @@ class DeliveryLedger:
                 settings.dedupe_table,
                 credential=self._credential,
                 retry_total=2,
+                **sdk_transport_options(),
             )
         self._created = False
         self._lock = asyncio.Lock()

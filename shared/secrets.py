@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from shared.errors import SecretStoreUnavailable
+from shared.transport import sdk_transport_options
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -105,6 +106,7 @@ class KeyVaultSecretStore:
             "retry_backoff_max": KEY_VAULT_RETRY_BACKOFF_MAX_SECONDS,
             "connection_timeout": KEY_VAULT_CONNECTION_TIMEOUT_SECONDS,
             "read_timeout": KEY_VAULT_READ_TIMEOUT_SECONDS,
+            **sdk_transport_options(),
         }
         options.update(client_options)
         self._client = SecretClient(vault_url, credential, **options)

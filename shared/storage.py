@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from shared.envelope import Envelope, claim_check_blob_name, claim_checked, fits_queue_message
 from shared.errors import PayloadMissing, StorageUnavailable
 from shared.settings import Settings
+from shared.transport import sdk_transport_options
 
 if TYPE_CHECKING:
     from azure.storage.blob.aio import ContainerClient
@@ -39,6 +40,7 @@ def _client_options() -> dict[str, Any]:
         "increment_base": 2,
         "connection_timeout": STORAGE_CONNECTION_TIMEOUT_SECONDS,
         "read_timeout": STORAGE_READ_TIMEOUT_SECONDS,
+        **sdk_transport_options(),
     }
 
 
