@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -225,9 +226,18 @@ async def send_with_faults(
     )
     faults = asyncio.create_task(_inject_faults(stack, plan, tally, len(deliveries)))
     progress = asyncio.create_task(_report_progress(tally, len(deliveries), sending))
-    await sending
-    executed = await faults
-    progress.cancel()
+    try:
+        await asyncio.wait({sending, faults}, return_when=asyncio.FIRST_EXCEPTION)
+        if faults.done() and faults.exception() is not None:
+            # A process that did not come back would leave the sender retrying for minutes.
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            await faults
+        await sending
+        executed = await faults
+    finally:
+        progress.cancel()
     return tally, executed
 
 
