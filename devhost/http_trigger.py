@@ -99,9 +99,14 @@ class HttpServer:
         self._router = Router(endpoint.route for endpoint in self.endpoints)
         app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES)
         app.router.add_route("*", "/{path:.*}", self._handle)
-        # The per-invocation log line replaces aiohttp's access log.
+        # The per-invocation log line replaces aiohttp's access log. The Functions host
+        # passes request bodies as sent, without undoing Content-Encoding, so devhost does
+        # not decompress them either.
         self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=shutdown_timeout_seconds
+            app,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout_seconds,
+            auto_decompress=False,
         )
         self._port: int | None = None
 

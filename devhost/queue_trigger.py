@@ -20,7 +20,7 @@ import math
 import random
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue import QueueMessage
 from azure.storage.queue.aio import QueueClient
@@ -355,7 +355,13 @@ class QueueListener:
             self._poison_queue_exists = True
 
         # The copy comes first, so a failure in between leaves a duplicate, never a loss.
-        await self._poison_client.send_message(message.content or "")
+        try:
+            await self._poison_client.send_message(message.content or "")
+        except ResourceNotFoundError:
+            # Someone deleted the poison queue after it was created here: create it again.
+            with contextlib.suppress(ResourceExistsError):
+                await self._poison_client.create_queue()
+            await self._poison_client.send_message(message.content or "")
         await self._delete(lease)
         logger.error(
             "Moved message %s from queue %s to %s because %s.",

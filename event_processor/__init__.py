@@ -13,4 +13,6 @@ get_settings()
 
 
 async def main(msg: func.QueueMessage) -> None:
-    await get_runtime().processor.process(msg.get_body(), message_id=msg.id or "-")
+    await get_runtime().processor.process(
+        msg.get_body(), message_id=msg.id or "-", dequeue_count=msg.dequeue_count or 1
+    )

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+# str.isdigit() also accepts digits such as "²" that float() cannot read.
+_DELAY_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 def retry_delay_seconds(
@@ -37,7 +41,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _DELAY_SECONDS.fullmatch(text):
         return float(text)
     try:
         moment = parsedate_to_datetime(text)

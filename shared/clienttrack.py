@@ -8,6 +8,7 @@ customer's keys once) and `PermanentDeliveryError` (park).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 AUTH_STATUSES = frozenset({401, 403})
 # The response text kept in a failure record: enough to tell APIM's errors apart.
 MAX_DETAIL_CHARS = 200
+# Bytes read from a non-2xx answer to find that detail; the rest is discarded.
+MAX_ERROR_BODY_BYTES = 4096
 # Seconds a request may wait for a free pooled connection before counting as a timeout.
 POOL_TIMEOUT_SECONDS = 10.0
 _API_KEY_SCHEME = re.compile(r"^apikey\s+", re.IGNORECASE)
@@ -68,6 +71,9 @@ class ClientTrackClient:
 
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
         self.url = settings.clienttrack_url
+        self._call_timeout_seconds = (
+            settings.clienttrack_connect_timeout_seconds + settings.clienttrack_read_timeout_seconds
+        )
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.clienttrack_connect_timeout_seconds,
@@ -92,8 +98,11 @@ class ClientTrackClient:
             "Idempotency-Key": event_id,
         }
         try:
-            response = await self._client.post(self.url, content=content, headers=headers)
-        except httpx.TimeoutException as error:
+            # httpx's timeouts bound each socket operation; a server that trickles its answer
+            # one byte at a time would pass them, so the whole call has a deadline too.
+            async with asyncio.timeout(self._call_timeout_seconds):
+                status, retry_after, text = await self._send(content, headers)
+        except (httpx.TimeoutException, TimeoutError) as error:
             raise TransientDeliveryError(
                 f"ClientTrack did not answer in time ({type(error).__name__})."
             ) from None
@@ -102,20 +111,35 @@ class ClientTrackClient:
                 f"ClientTrack connection failed ({type(error).__name__})."
             ) from None
 
-        status = response.status_code
         if 200 <= status < 300:
             return status
-        detail = credentials.redact(_CONTROL.sub(" ", response.text[:MAX_DETAIL_CHARS]).strip())
+        # Redact before shortening, so a key cut in half at the edge cannot leak its start.
+        detail = credentials.redact(_CONTROL.sub(" ", text)).strip()[:MAX_DETAIL_CHARS]
         message = f"ClientTrack answered HTTP {status}" + (f": {detail}" if detail else ".")
         if status in TRANSIENT_STATUSES or status >= 500:
             raise TransientDeliveryError(
-                message,
-                status=status,
-                retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")),
+                message, status=status, retry_after_seconds=parse_retry_after(retry_after)
             )
         if status in AUTH_STATUSES:
             raise CredentialsRejected(message, status=status)
         raise PermanentDeliveryError(message, status=status)
+
+    async def _send(self, content: bytes, headers: dict[str, str]) -> tuple[int, str | None, str]:
+        """Post and return the status, `Retry-After` and the start of the response text."""
+        request = self._client.build_request("POST", self.url, content=content, headers=headers)
+        response = await self._client.send(request, stream=True)
+        try:
+            received = bytearray()
+            if not 200 <= response.status_code < 300:
+                # Only the start of an error answer is kept, so a huge one is not read whole.
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) >= MAX_ERROR_BODY_BYTES:
+                        break
+            text = bytes(received[:MAX_ERROR_BODY_BYTES]).decode("utf-8", errors="replace")
+            return response.status_code, response.headers.get("Retry-After"), text
+        finally:
+            await response.aclose()
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,11 +1,17 @@
-"""A ledger of delivered event ids in Azure Table storage, for at-most-once delivery.
+"""A ledger of event ids in Azure Table storage, for at-most-once delivery per event id.
 
-The processor marks an event after ClientTrack answered 2xx and skips an event already
-marked within `DEDUPE_WINDOW_HOURS`. Onfleet's retries of one delivery, the queue's
-at-least-once redelivery and an operator's replay all carry the same event id, so each of
-them leads to one ClientTrack call. An event can still be sent twice when the process dies
-between ClientTrack's 2xx and the mark, when the mark cannot be written (Storage is down),
-or when two workers deliver copies at the same moment (one worker takes them in turn); the
+Before calling ClientTrack the processor claims the event id: it inserts a `claimed` row,
+which fails when the row exists. A row marked `delivered` within `DEDUPE_WINDOW_HOURS`
+makes the copy a duplicate; a fresh claim by another invocation makes it wait and look
+again later. After ClientTrack's 2xx the row becomes `delivered`; after a failure the claim
+is released so a retry can take it. Onfleet's retries of one delivery, the queue's
+at-least-once redelivery and an operator's replay carry the same event id, so each leads to
+one ClientTrack call, even when the copies are processed at the same moment.
+
+An event can still reach ClientTrack twice when the process dies between ClientTrack's 2xx
+and the mark, because the claim then expires after the function timeout. It can also when
+Table storage cannot be reached, because the processor then delivers rather than hold the
+event back. The
 `Idempotency-Key` header lets ClientTrack drop such a copy.
 """
 
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +33,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_CLAIMED = "claimed"
+_DELIVERED = "delivered"
+
+
+class Claim(enum.Enum):
+    """The ledger's answer to whether an event may be delivered now."""
+
+    TAKEN = "taken"
+    DELIVERED = "delivered"
+    BUSY = "busy"
+
 
 class DeliveryLedger:
     """Delivered event ids, partitioned by customer."""
@@ -33,6 +52,8 @@ class DeliveryLedger:
         from azure.data.tables.aio import TableClient
 
         self.window = timedelta(hours=settings.dedupe_window_hours)
+        # A claim older than the longest an invocation may run belongs to a dead one.
+        self.claim_lifetime = timedelta(seconds=settings.function_timeout_seconds)
         self.enabled = settings.dedupe_window_hours > 0
         self._table: TableClient
         if settings.storage_connection_string is not None:
@@ -56,32 +77,76 @@ class DeliveryLedger:
         self._created = False
         self._lock = asyncio.Lock()
 
-    async def delivered_at(self, customer_id: str, event_id: str) -> datetime | None:
-        """Return when the event was delivered within the window, or None.
+    async def claim(self, customer_id: str, event_id: str) -> Claim:
+        """Take the event id for one delivery attempt, or tell why not to deliver now.
 
-        A failed read returns None and logs a warning: delivering again is safer than
-        holding the event back, and ClientTrack sees the same `Idempotency-Key`.
+        A Table storage failure returns `Claim.TAKEN` and logs a warning: delivering again is
+        safer than holding the event back, and ClientTrack receives the same `Idempotency-Key`.
         """
         if not self.enabled:
-            return None
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+            return Claim.TAKEN
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            AzureError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
 
+        now = datetime.now(UTC)
+        entity = {
+            "PartitionKey": customer_id,
+            "RowKey": event_id,
+            "state": _CLAIMED,
+            "claimedAt": now.isoformat(),
+        }
         try:
-            entity = await self._table.get_entity(customer_id, event_id)
+            try:
+                await self._with_table(lambda: self._table.create_entity(entity))
+                return Claim.TAKEN
+            except ResourceExistsError:
+                pass
+            except ResourceNotFoundError:
+                logger.warning(
+                    "Dedupe claim for customer %s event %s failed (table missing and not yet "
+                    "created again); delivering anyway",
+                    customer_id,
+                    event_id,
+                )
+                return Claim.TAKEN
+            existing = await self._table.get_entity(customer_id, event_id)
+            state = existing.get("state", _DELIVERED)
+            if state == _DELIVERED:
+                delivered = _parse_time(existing.get("deliveredAt"))
+                if delivered is not None and now - delivered <= self.window:
+                    return Claim.DELIVERED
+            else:
+                claimed = _parse_time(existing.get("claimedAt"))
+                if claimed is not None and now - claimed < self.claim_lifetime:
+                    return Claim.BUSY
+            # The row is a delivery older than the window or a claim whose holder died:
+            # take it over, unless another invocation does so first.
+            await self._table.update_entity(
+                entity,
+                mode="replace",
+                etag=existing.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return Claim.TAKEN
+        except ResourceModifiedError:
+            # Another invocation took the row over between the two calls.
+            return Claim.BUSY
         except ResourceNotFoundError:
-            return None
+            # Another invocation released the row between the two calls.
+            return Claim.BUSY
         except AzureError as error:
             logger.warning(
-                "Dedupe read for customer %s event %s failed (%s); delivering anyway",
+                "Dedupe claim for customer %s event %s failed (%s); delivering anyway",
                 customer_id,
                 event_id,
                 type(error).__name__,
             )
-            return None
-        delivered = _parse_time(entity.get("deliveredAt"))
-        if delivered is None or datetime.now(UTC) - delivered > self.window:
-            return None
-        return delivered
+            return Claim.TAKEN
 
     async def mark_delivered(self, customer_id: str, event_id: str) -> None:
         """Record the delivery; a failure is logged, never raised, since the event got there."""
@@ -92,11 +157,11 @@ class DeliveryLedger:
         entity = {
             "PartitionKey": customer_id,
             "RowKey": event_id,
+            "state": _DELIVERED,
             "deliveredAt": datetime.now(UTC).isoformat(),
         }
         try:
-            await self._ensure_table()
-            await self._table.upsert_entity(entity)
+            await self._with_table(lambda: self._table.upsert_entity(entity, mode="replace"))
         except AzureError as error:
             logger.warning(
                 "Dedupe mark for customer %s event %s failed (%s); a redelivery may repeat it",
@@ -104,6 +169,37 @@ class DeliveryLedger:
                 event_id,
                 type(error).__name__,
             )
+
+    async def release(self, customer_id: str, event_id: str) -> None:
+        """Drop this attempt's claim so the next attempt, or a replay, can take it."""
+        if not self.enabled:
+            return
+        from azure.core.exceptions import AzureError
+
+        try:
+            await self._table.delete_entity(customer_id, event_id)
+        except AzureError as error:
+            # The claim then expires on its own after the function timeout.
+            logger.warning(
+                "Dedupe release for customer %s event %s failed (%s)",
+                customer_id,
+                event_id,
+                type(error).__name__,
+            )
+
+    async def _with_table(self, operation: Callable[[], Awaitable[object]]) -> None:
+        """Run a write, creating the table first, and again if it was deleted meanwhile."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self._ensure_table()
+        try:
+            await operation()
+        except ResourceNotFoundError:
+            # An insert or upsert finds no row to miss, so a 404 means the table is gone
+            # (Azurite sends no error code with it).
+            self._created = False
+            await self._ensure_table()
+            await operation()
 
     async def _ensure_table(self) -> None:
         from azure.core.exceptions import ResourceExistsError

@@ -179,7 +179,10 @@ def decode_envelope(raw: bytes) -> Envelope:
     """Parse UTF-8 JSON bytes into an envelope; raise `EnvelopeError` with the reason."""
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        # A \udXXX escape without its pair decodes to a lone surrogate, which no UTF-8 output
+        # (the queue, a log, a terminal) can carry.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError):
         raise EnvelopeError("Queue message is not UTF-8 JSON.") from None
     if not isinstance(document, dict):
         raise EnvelopeError("Queue message JSON is not an object.")
@@ -276,7 +279,14 @@ def _optional_int(value: Any) -> int | None:
 
 
 def _optional_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from an unpaired \udXXX escape cannot travel in the envelope.
+        return None
+    return value
 
 
 def _parse_failure(value: Any) -> Failure | None:

@@ -25,6 +25,7 @@ import enum
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 
 from shared.backoff import retry_delay_seconds
 from shared.clienttrack import ClientTrackClient, Credentials, CredentialsRejected
-from shared.dedupe import DeliveryLedger
+from shared.dedupe import Claim, DeliveryLedger
 from shared.envelope import (
     MAX_FAILURE_DETAIL_CHARS,
     Envelope,
@@ -53,11 +54,16 @@ from shared.storage import EventStorage
 
 logger = logging.getLogger(__name__)
 
+# Delay before a copy whose event another invocation is delivering looks again.
+BUSY_RECHECK_SECONDS = 10
+_HEADER_VALUE = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")
+
 
 class Outcome(enum.Enum):
     DELIVERED = "delivered"
     DUPLICATE = "duplicate-skipped"
     RETRY_SCHEDULED = "retry-scheduled"
+    DEFERRED = "deferred-copy-in-flight"
     PARKED = "parked"
 
 
@@ -71,10 +77,11 @@ class Reason:
     UNREADABLE_ENVELOPE = "unreadable-envelope"
     PAYLOAD_MISSING = "payload-missing"
     BODY_NOT_JSON = "body-not-json"
+    UNEXPECTED_ERROR = "unexpected-error"
 
     ALL = (
         PERMANENT_STATUS, AUTH_REFUSED, RETRIES_EXHAUSTED, CONFIGURATION, UNREADABLE_ENVELOPE,
-        PAYLOAD_MISSING, BODY_NOT_JSON,
+        PAYLOAD_MISSING, BODY_NOT_JSON, UNEXPECTED_ERROR,
     )  # fmt: skip
 
 
@@ -115,8 +122,16 @@ class EventProcessor:
         self._rng = rng or random.Random()
         self._turns: dict[str, _Turn] = {}
 
-    async def process(self, message: bytes, *, message_id: str = "-") -> Outcome:
-        """Deliver, reschedule or park one decoded queue message."""
+    async def process(
+        self, message: bytes, *, message_id: str = "-", dequeue_count: int = 1
+    ) -> Outcome:
+        """Deliver, reschedule or park one decoded queue message.
+
+        An unexpected exception propagates so the Functions host retries the message. On the
+        host's last try (`dequeue_count` at host.json's `maxDequeueCount`) the message is
+        parked here instead, with reason `unexpected-error`. The host's own move to the
+        poison queue keeps the default time to live, so that copy would expire in 7 days.
+        """
         started = time.monotonic()
         try:
             envelope = decode_envelope(message)
@@ -124,14 +139,24 @@ class EventProcessor:
             await self._park_unreadable(message, message_id, error)
             return Outcome.PARKED
 
-        async with self._one_copy_at_a_time(envelope.event_id):
-            return await self._deliver(envelope, started)
+        try:
+            async with self._one_copy_at_a_time(envelope.event_id):
+                return await self._deliver(envelope, started)
+        except Exception as error:
+            if dequeue_count < self.settings.max_dequeue_count:
+                raise
+            logger.exception(
+                "Delivery customer=%s event=%s failed unexpectedly on the host's last try",
+                envelope.customer_id,
+                envelope.event_id,
+            )
+            park = _Park(Reason.UNEXPECTED_ERROR, f"{type(error).__name__} on try {dequeue_count}")
+            return await self._park(envelope, envelope.attempt + 1, park, started)
 
     @contextlib.asynccontextmanager
     async def _one_copy_at_a_time(self, event_id: str) -> AsyncIterator[None]:
-        # NOTE: this orders copies within one worker process only. Copies taken by two
-        # workers or instances at the same moment can both reach ClientTrack, which the
-        # Idempotency-Key header lets it drop.
+        # Copies in one worker wait here, so the second finds the first's result instead of
+        # a busy claim; across workers the ledger's claim keeps copies apart.
         turn = self._turns.setdefault(event_id, _Turn())
         turn.users += 1
         try:
@@ -143,12 +168,36 @@ class EventProcessor:
                 del self._turns[event_id]
 
     async def _deliver(self, envelope: Envelope, started: float) -> Outcome:
+        claim = await self.ledger.claim(envelope.customer_id, envelope.event_id)
         attempt = envelope.attempt + 1
+        if claim is Claim.DELIVERED:
+            self._log(envelope, attempt, None, started, Outcome.DUPLICATE)
+            return Outcome.DUPLICATE
+        if claim is Claim.BUSY:
+            # Another invocation is delivering a copy right now; look again once it is done.
+            await self.storage.enqueue(envelope, visibility_timeout_seconds=BUSY_RECHECK_SECONDS)
+            self._log(
+                envelope,
+                attempt,
+                None,
+                started,
+                Outcome.DEFERRED,
+                f"look again in {BUSY_RECHECK_SECONDS} s",
+            )
+            return Outcome.DEFERRED
+
+        delivered = False
+        try:
+            outcome = await self._attempt(envelope, attempt, started)
+            delivered = outcome is Outcome.DELIVERED
+            return outcome
+        finally:
+            if not delivered:
+                await self.ledger.release(envelope.customer_id, envelope.event_id)
+
+    async def _attempt(self, envelope: Envelope, attempt: int, started: float) -> Outcome:
         status: int | None = None
         try:
-            if await self.ledger.delivered_at(envelope.customer_id, envelope.event_id):
-                self._log(envelope, attempt, None, started, Outcome.DUPLICATE)
-                return Outcome.DUPLICATE
             content = await self._request_content(envelope, attempt)
             credentials = await self._credentials(envelope.customer_id)
             try:
@@ -156,7 +205,9 @@ class EventProcessor:
                     content, event_id=envelope.event_id, credentials=credentials
                 )
             except CredentialsRejected:
-                # The keys may have been rotated since they were cached: read them once more.
+                # The keys may have been rotated since they were cached: read them again,
+                # at most once per SECRET_REFRESH_MIN_SECONDS, so a revoked key does not
+                # turn every event into two Key Vault reads.
                 credentials = await self._credentials(envelope.customer_id, fresh=True)
                 status = await self.client.post_event(
                     content, event_id=envelope.event_id, credentials=credentials
@@ -189,7 +240,7 @@ class EventProcessor:
             except EnvelopeError as error:
                 raise _Park(error.reason, str(error)) from None
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise _Park(
                 Reason.BODY_NOT_JSON,
@@ -208,11 +259,22 @@ class EventProcessor:
             "attempt": attempt,
             "payload": payload,
         }
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A \ud83d escape without its pair (a note cut inside an emoji) parses to a lone
+            # surrogate, which UTF-8 cannot carry; ASCII escapes keep the text as sent.
+            return json.dumps(document, separators=(",", ":")).encode("ascii")
+        except RecursionError:
+            raise _Park(
+                Reason.BODY_NOT_JSON,
+                f"Onfleet body of event {envelope.event_id} is nested too deeply to forward.",
+            ) from None
 
     async def _credentials(self, customer_id: str, *, fresh: bool = False) -> Credentials:
         names = (subscription_key_name(customer_id), api_key_name(customer_id))
-        max_age = 0.0 if fresh else None
+        max_age = self.settings.secret_refresh_min_seconds if fresh else None
         values = [await self.secrets.get(name, max_age_seconds=max_age) for name in names]
         missing = [name for name, value in zip(names, values, strict=True) if value is None]
         if missing:
@@ -221,6 +283,13 @@ class EventProcessor:
                 f"ClientTrack secrets missing for customer {customer_id}: {', '.join(missing)}.",
             )
         subscription_key, api_key = (value.strip() for value in values if value is not None)
+        for name, value in zip(names, (subscription_key, api_key), strict=True):
+            if not _HEADER_VALUE.match(value):
+                raise _Park(
+                    Reason.CONFIGURATION,
+                    f"ClientTrack secret {name} is empty or holds characters an HTTP header "
+                    "cannot carry; store the key as printable ASCII.",
+                )
         return Credentials(subscription_key=subscription_key, api_key=api_key)
 
     async def _retry(
@@ -292,6 +361,7 @@ class EventProcessor:
             Outcome.DELIVERED: logging.INFO,
             Outcome.DUPLICATE: logging.INFO,
             Outcome.RETRY_SCHEDULED: logging.WARNING,
+            Outcome.DEFERRED: logging.INFO,
             Outcome.PARKED: logging.ERROR,
         }[outcome]
         logger.log(
@@ -311,6 +381,11 @@ class EventProcessor:
     async def close(self) -> None:
         await self.client.close()
         await self.ledger.close()
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; forwarding them would send ClientTrack invalid JSON.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _millis_to_iso(millis: int | None) -> str | None:

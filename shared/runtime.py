@@ -30,6 +30,12 @@ class Runtime:
             store,
             ttl_seconds=settings.secret_cache_seconds,
             missing_ttl_seconds=settings.secret_refresh_min_seconds,
+            # Reading app settings costs nothing, so only a vault's reads are limited.
+            max_reads_per_second=(
+                settings.max_secret_reads_per_second
+                if isinstance(store, KeyVaultSecretStore)
+                else float("inf")
+            ),
         )
         self.storage = EventStorage(settings)
         self._ingest: IngestHandler | None = None

@@ -33,6 +33,9 @@ KEY_VAULT_RETRY_TOTAL = 2
 KEY_VAULT_RETRY_BACKOFF_MAX_SECONDS = 1.0
 KEY_VAULT_CONNECTION_TIMEOUT_SECONDS = 3.0
 KEY_VAULT_READ_TIMEOUT_SECONDS = 3.0
+# Far more secrets than customers times three, and a bound on memory under a flood of
+# requests for made-up customer ids.
+MAX_CACHED_SECRETS = 10_000
 
 
 def webhook_secret_name(customer_id: str) -> str:
@@ -148,6 +151,28 @@ class KeyVaultSecretStore:
             await self._credential.close()
 
 
+class _TokenBucket:
+    """Allows `rate` events per second on average, in bursts of up to two seconds' worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._capacity = max(rate * 2.0, 1.0)
+        self._tokens = self._capacity
+        self._clock = clock
+        self._updated = clock()
+
+    def take(self) -> bool:
+        if self._rate == float("inf"):
+            return True
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 @dataclass
 class _Entry:
     value: str | None
@@ -168,14 +193,18 @@ class CachedSecrets:
         *,
         ttl_seconds: float,
         missing_ttl_seconds: float,
+        max_reads_per_second: float = float("inf"),
+        max_entries: int = MAX_CACHED_SECRETS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self._ttl = ttl_seconds
         self._missing_ttl = missing_ttl_seconds
+        self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._pending: dict[str, asyncio.Future[_Entry]] = {}
+        self._reads = _TokenBucket(max_reads_per_second, clock)
 
     async def get(self, name: str, *, max_age_seconds: float | None = None) -> str | None:
         """Return the secret's value, reading the store when the cached entry is too old.
@@ -211,9 +240,20 @@ class CachedSecrets:
         return await asyncio.shield(pending)
 
     async def _fetch(self, name: str) -> _Entry:
+        if not self._reads.take():
+            # Requests for made-up customer ids each miss the cache; without this limit they
+            # would spend the vault's shared read budget (and grow the cache) without bound.
+            raise SecretStoreUnavailable(
+                f"Secret store read limit reached while reading secret {name}; retry later."
+            )
         value = await self.store.get(name)
         entry = _Entry(value, self._clock())
+        self._entries.pop(name, None)
         self._entries[name] = entry
+        while len(self._entries) > self._max_entries:
+            # Dicts keep insertion order, and a refreshed entry is re-inserted at the end, so
+            # the first entry is the one read longest ago.
+            del self._entries[next(iter(self._entries))]
         return entry
 
     async def close(self) -> None:

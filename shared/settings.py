@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
@@ -26,6 +27,10 @@ MAX_QUEUE_NAME_LENGTH = 63
 DEFAULT_FUNCTION_TIMEOUT_SECONDS = 300.0
 # Onfleet abandons a webhook request after this long and counts it as failed.
 ONFLEET_TIMEOUT_SECONDS = 10.0
+# A year; the window only needs to outlast Onfleet's retries and operators' replays.
+MAX_DEDUPE_WINDOW_HOURS = 24 * 365
+# The queue extension's default number of tries before the host moves a message to poison.
+DEFAULT_MAX_DEQUEUE_COUNT = 5
 # Storage Queues refuse a visibility timeout beyond seven days.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 # The Functions host reads HTTP bodies up to 100 MB; a larger limit could never apply.
@@ -54,6 +59,7 @@ class Settings:
     key_vault_url: str | None
     secret_cache_seconds: float
     secret_refresh_min_seconds: float
+    max_secret_reads_per_second: float
     forwarded_triggers: frozenset[str] | None
     clienttrack_url: str
     clienttrack_connect_timeout_seconds: float
@@ -65,6 +71,7 @@ class Settings:
     dedupe_window_hours: float
     dedupe_table: str
     function_timeout_seconds: float
+    max_dequeue_count: int
 
     @property
     def poison_queue(self) -> str:
@@ -75,11 +82,12 @@ class Settings:
         """Tell whether events of this trigger go to ClientTrack.
 
         An event without a trigger name is forwarded so the processor can park it with a
-        reason instead of it vanishing at the edge.
+        reason instead of it vanishing at the edge. Names compare without case, because a
+        list written `TaskCompleted` would otherwise skip every taskCompleted event.
         """
         if self.forwarded_triggers is None or trigger_name is None:
             return True
-        return trigger_name in self.forwarded_triggers
+        return trigger_name.lower() in self.forwarded_triggers
 
 
 def load_settings(
@@ -98,6 +106,8 @@ def load_settings(
             "to use the managed identity."
         )
 
+    if connection_string is not None:
+        _check_connection_string(connection_string)
     events_queue = read.string("ONFLEET_EVENTS_QUEUE", "onfleet-events")
     _check_queue_name(events_queue)
     payload_container = read.string("CLAIM_CHECK_CONTAINER", "onfleet-payloads")
@@ -108,6 +118,7 @@ def load_settings(
             "or digit."
         )
 
+    host_config = _read_host_json(host_json or _HOST_JSON)
     key_vault_url = read.optional("KEY_VAULT_URL")
     if key_vault_url is not None:
         _check_key_vault_url(key_vault_url)
@@ -126,6 +137,7 @@ def load_settings(
         key_vault_url=key_vault_url,
         secret_cache_seconds=read.number("SECRET_CACHE_SECONDS", 300.0, minimum=0.0),
         secret_refresh_min_seconds=read.number("SECRET_REFRESH_MIN_SECONDS", 30.0, minimum=0.0),
+        max_secret_reads_per_second=read.number("MAX_SECRET_READS_PER_SECOND", 20.0, minimum=0.1),
         forwarded_triggers=_parse_triggers(read.optional("FORWARDED_TRIGGERS")),
         clienttrack_url=_require_http_url(read, "CLIENTTRACK_INTEGRATION_QUEUE_URL"),
         clienttrack_connect_timeout_seconds=read.number(
@@ -142,9 +154,12 @@ def load_settings(
         retry_max_delay_seconds=read.number(
             "RETRY_MAX_DELAY_SECONDS", 600.0, minimum=0.0, maximum=MAX_VISIBILITY_SECONDS
         ),
-        dedupe_window_hours=read.number("DEDUPE_WINDOW_HOURS", 72.0, minimum=0.0),
+        dedupe_window_hours=read.number(
+            "DEDUPE_WINDOW_HOURS", 72.0, minimum=0.0, maximum=MAX_DEDUPE_WINDOW_HOURS
+        ),
         dedupe_table=read.string("DEDUPE_TABLE", "onfleetdeliveries"),
-        function_timeout_seconds=_function_timeout_seconds(host_json or _HOST_JSON),
+        function_timeout_seconds=_function_timeout_seconds(host_config),
+        max_dequeue_count=_max_dequeue_count(host_config),
     )
 
     if not _TABLE_NAME.match(settings.dedupe_table):
@@ -242,6 +257,20 @@ def _check_queue_name(name: str) -> None:
         )
 
 
+def _check_connection_string(connection_string: str) -> None:
+    from azure.storage.queue import QueueClient
+
+    try:
+        QueueClient.from_connection_string(connection_string, "settings-check")
+    except ValueError:
+        # The value holds the account key, so the message names the setting, not the value.
+        raise ConfigurationError(
+            "Setting AzureWebJobsStorage is not a Storage connection string. Expected "
+            "DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=... "
+            "or UseDevelopmentStorage=true."
+        ) from None
+
+
 def _check_key_vault_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -278,7 +307,7 @@ def _require_http_url(read: _Reader, name: str) -> str:
 def _parse_triggers(raw: str | None) -> frozenset[str] | None:
     if raw is None or raw == "*":
         return None
-    names = frozenset(name for name in re.split(r"[\s,]+", raw) if name)
+    names = frozenset(name.lower() for name in re.split(r"[\s,]+", raw) if name)
     for name in names:
         if not _TRIGGER_NAME.match(name):
             raise ConfigurationError(
@@ -289,19 +318,34 @@ def _parse_triggers(raw: str | None) -> frozenset[str] | None:
     return names
 
 
-def _function_timeout_seconds(host_json: Path) -> float:
+def _read_host_json(host_json: Path) -> dict[str, Any]:
     try:
         config = json.loads(host_json.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return DEFAULT_FUNCTION_TIMEOUT_SECONDS
+        return {}
     except (OSError, ValueError) as error:
         raise ConfigurationError(
             f"host.json at {host_json} is not readable JSON: {error}"
         ) from None
+    return config if isinstance(config, dict) else {}
+
+
+def _function_timeout_seconds(config: dict[str, Any]) -> float:
     raw = config.get("functionTimeout")
     if raw is None:
         return DEFAULT_FUNCTION_TIMEOUT_SECONDS
     return parse_timespan(str(raw), name="host.json functionTimeout")
+
+
+def _max_dequeue_count(config: dict[str, Any]) -> int:
+    queues = config.get("extensions", {}).get("queues", {})
+    raw = queues.get("maxDequeueCount", DEFAULT_MAX_DEQUEUE_COUNT)
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
+        raise ConfigurationError(
+            f"host.json extensions.queues.maxDequeueCount is invalid: {raw!r}. Expected a "
+            "whole number of at least 1."
+        )
+    return raw
 
 
 def parse_timespan(text: str, *, name: str) -> float:

@@ -107,7 +107,9 @@ class EventStorage:
             self.events,
             text,
             visibility_timeout=visibility_timeout_seconds or None,
-            time_to_live=None,
+            # The default time to live is seven days; an event waiting for a ClientTrack
+            # outage to end, or a retry delayed up to that limit, must not expire meanwhile.
+            time_to_live=NEVER_EXPIRES,
             what=f"event {envelope.event_id}",
         )
         return envelope

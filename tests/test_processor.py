@@ -312,7 +312,9 @@ async def test_parked_message_never_expires(bridge: Bridge, standin: ClientTrack
 async def test_401_rereads_secrets_once(
     storage_connection_string: str, queue_name: str, standin: ClientTrackStandIn
 ) -> None:
-    env = make_env(storage_connection_string, queue_name, standin.url)
+    env = make_env(
+        storage_connection_string, queue_name, standin.url, SECRET_REFRESH_MIN_SECONDS="0"
+    )
     bridge = await open_bridge(env, standin)
     try:
         await bridge.send(build_envelope(CUSTOMER, sample_body()))

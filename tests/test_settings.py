@@ -96,7 +96,7 @@ def test_forwarded_triggers_parsed() -> None:
     settings = load_settings(
         {**BASE, "FORWARDED_TRIGGERS": " taskCompleted, taskFailed\ntaskStarted"}
     )
-    assert settings.forwarded_triggers == frozenset({"taskCompleted", "taskFailed", "taskStarted"})
+    assert settings.forwarded_triggers == frozenset({"taskcompleted", "taskfailed", "taskstarted"})
     assert settings.forwards("taskFailed")
     assert not settings.forwards("workerDuty")
     assert settings.forwards(None)

@@ -245,9 +245,11 @@ def _setting(settings: Mapping[str, str], name: str) -> str | None:
 
 def _check_url(url: str, option: str) -> None:
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    # Account URLs are used with DefaultAzureCredential, and Azure SDK clients send a token
+    # only over HTTPS.
+    if parts.scheme != "https" or not parts.hostname:
         raise CliError(
-            f"Invalid {option} value {_without_query(url)!r}: expected a URL such as "
+            f"Invalid {option} value {_without_query(url)!r}: expected an https URL such as "
             "https://myaccount.queue.core.windows.net."
         )
 
