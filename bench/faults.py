@@ -394,6 +394,7 @@ def build_result(
             "duplicated": records.duplicates,
             "duplicateCauses": classify_duplicates(records, log_counts),
             "dedupeSkips": log_counts.outcomes.get("duplicate-skipped", 0),
+            "deferredCopies": log_counts.outcomes.get("deferred-copy-in-flight", 0),
             "payloadMismatches": mismatches,
             "eventIdMismatches": tally.event_id_mismatches,
         },

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 # Log lines of shared.processor (one per delivery attempt, written after the dedupe mark),
-# shared.dedupe (a mark that could not be written), devhost.queue_trigger (the host's move
-# to the poison queue) and shared.ingest (one per webhook request).
+# shared.dedupe (a claim or mark that could not be written), devhost.queue_trigger (the
+# host's move to the poison queue) and shared.ingest (one per webhook request).
 DELIVERY_LINE = re.compile(
     r"Delivery customer=\S+ event=(?P<event>[0-9a-f]{64}) .*outcome=(?P<outcome>[a-z-]+)"
 )
-MARK_FAILED_LINE = re.compile(r"Dedupe mark for customer \S+ event (?P<event>[0-9a-f]{64}) failed")
+LEDGER_FAILED_LINE = re.compile(
+    r"Dedupe (?P<step>claim|mark) for customer \S+ event (?P<event>[0-9a-f]{64}) failed"
+)
 HOST_MOVE_LINE = re.compile(r"Moved message \S+ from queue \S+ to \S+ because")
 ENQUEUED_LINE = re.compile(r"Webhook customer=\S+ event=[0-9a-f]{64} .*outcome=enqueued")
 
@@ -91,12 +93,16 @@ class DevhostLogCounts:
     host_moves: int
     enqueued: int
     delivered_lines: Counter[str]
+    claim_failed: set[str]
     mark_failed: set[str]
 
 
 def count_devhost_log(text: str) -> DevhostLogCounts:
     outcomes: Counter[str] = Counter()
     delivered_lines: Counter[str] = Counter()
+    ledger_failures: dict[str, set[str]] = {"claim": set(), "mark": set()}
+    for match in LEDGER_FAILED_LINE.finditer(text):
+        ledger_failures[match["step"]].add(match["event"])
     for match in DELIVERY_LINE.finditer(text):
         outcomes[match["outcome"]] += 1
         if match["outcome"] == "delivered":
@@ -106,25 +112,30 @@ def count_devhost_log(text: str) -> DevhostLogCounts:
         host_moves=len(HOST_MOVE_LINE.findall(text)),
         enqueued=len(ENQUEUED_LINE.findall(text)),
         delivered_lines=delivered_lines,
-        mark_failed={match["event"] for match in MARK_FAILED_LINE.finditer(text)},
+        claim_failed=ledger_failures["claim"],
+        mark_failed=ledger_failures["mark"],
     )
 
 
 def classify_duplicates(records: ClientTrackRecords, log: DevhostLogCounts) -> dict[str, int]:
     """Sort the extra 2xx responses by the cause the logs show.
 
-    - `mark-failed`: the dedupe mark could not be written (Storage was down), so a later
-      copy found no mark.
+    - `claim-failed`: the dedupe claim could not be written (Storage was down), and the
+      processor delivers without the ledger rather than hold the event back.
+    - `mark-failed`: the mark after a 2xx could not be written, so a later copy found no
+      mark once the claim had expired.
     - `crash-before-mark`: ClientTrack sent a 2xx more often than the processor logged a
       delivery. The delivery line follows the mark, so the process died between the two.
     - `concurrent-copies`: every 2xx was logged and marked, so two copies of the event were
-      in delivery at the same time, each before the other's mark.
+      delivered, neither finding the other's claim or mark.
     """
     causes: Counter[str] = Counter()
     for event_id, count in records.deliveries_by_event_id.items():
         if count < 2:
             continue
-        if event_id in log.mark_failed:
+        if event_id in log.claim_failed:
+            cause = "claim-failed"
+        elif event_id in log.mark_failed:
             cause = "mark-failed"
         elif log.delivered_lines[event_id] < count:
             cause = "crash-before-mark"
@@ -156,6 +167,7 @@ def format_matrix(result: dict[str, Any]) -> str:
         ("lost", matrix["lost"]),
         ("duplicated (extra ClientTrack 2xx)", matrix["duplicated"]),
         ("copies skipped by the dedupe ledger", matrix["dedupeSkips"]),
+        ("copies deferred while another was in delivery", matrix["deferredCopies"]),
         ("payloads differing from the sent body", matrix["payloadMismatches"]),
     ]
     fault_rows = [
