@@ -7,8 +7,8 @@ anything that is not signed.
 
 Rejections come from two places. The function answers with a one-line `text/plain` reason
 and `X-Content-Type-Options: nosniff`. devhost answers before the function runs when the
-route or method does not match (an empty 404 or 405, as the Functions host does) or when the
-request cannot be parsed (aiohttp's own 400 text); those must still be 4xx.
+route or method does not match (an empty 404 or 405) or when the request cannot be parsed
+(aiohttp's own 400 text). Those must still be 4xx.
 
 The bridge here has its event processor turned off, so every enqueued envelope stays in the
 queue for the last test, which compares the queue with the signed requests that got a 200.
