@@ -25,7 +25,8 @@ Handler = Callable[[QueueMessage], Awaitable[bool]]
 
 
 class BatchConsumer:
-    """Run `handler` on every message of `queue` until it returned True `expected` times."""
+    """Run `handler` on every message of `queue` until it returned True `expected` times,
+    or until cancelled when `expected` is None."""
 
     def __init__(self, queue: QueueClient, options: QueueOptions, handler: Handler) -> None:
         self.queue = queue
@@ -37,9 +38,9 @@ class BatchConsumer:
         self._capacity = asyncio.Event()
         self._capacity.set()
 
-    async def run(self, expected: int) -> None:
+    async def run(self, expected: int | None) -> None:
         empty_receives = 0
-        while self.completed < expected:
+        while expected is None or self.completed < expected:
             await self._capacity.wait()
             messages = await self._receive()
             if not messages:

@@ -1,21 +1,27 @@
 """Delivery benchmark: drain a preloaded queue into the ClientTrack stand-in.
 
-Every run preloads the same envelopes into a fresh queue, then a consumer drains it into a
-stand-in that responds to each request after a fixed delay:
+Each run preloads envelopes into a fresh queue, then a consumer drains it into a stand-in
+that responds to each request after a fixed delay:
 
 - `devhost`: `event_processor` under devhost's queue trigger with host.json's settings
   (receive up to `batchSize`, fetch more once `newBatchThreshold` or fewer are in flight).
-  Each message costs a dedupe-table read, the ClientTrack call, a dedupe-table write and the
-  delete.
+  Each message costs the dedupe ledger's Table calls, the ClientTrack call and the delete.
 - `baseline`: a plain loop in this process with the same batch scheme, so the same number of
   messages in flight: receive, post the request the processor would send (built in advance)
   with one reused `httpx.AsyncClient`, delete.
-- `devhost-no-dedupe`: devhost with the dedupe ledger off, without failures only, to show
-  what the ledger's Table round trips cost.
+- `devhost-no-dedupe`: devhost with the dedupe ledger off, in the runs without failures, to
+  show what the ledger costs.
 
-Drain rate is measured on the stand-in's own clock: delivered events divided by the time
-from its first response to its last 2xx response, read from its record file. Both consumers
-are timed the same way, so devhost's start-up does not count against it.
+Two scenarios preload differently. `deep` puts every envelope in the queue before the
+consumer starts. Azurite's receive and delete get slower as a queue gets deeper, though,
+so at 5,000 messages the emulator rather than either consumer sets the pace. `batched`
+therefore also drains the same envelopes in batches of `BATCH_EVENTS`: preload a batch,
+start the consumer, drain, stop, and sum the drain times.
+
+Drain time is measured on the stand-in's own clock, from its first response to its last
+2xx response of a batch, read from its record file. Both consumers are timed the same way,
+so devhost's start-up does not count against it. CPU is metered over the same stretch for
+the consumer, the stand-in and Azurite.
 
 With failures on, the stand-in answers a seeded 5% of requests with 500. The processor
 re-enqueues those with `attempt + 1`; RETRY_BASE_SECONDS is 0 for the benchmark, so a retry
@@ -31,7 +37,7 @@ import contextlib
 import json
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +56,7 @@ from bench.environment import DISABLED_SETTING, BenchEnvironment, Stand, Storage
 from bench.stats import median, run_closed_loop
 from devhost.azurite import PROJECT_ROOT
 from devhost.config import QueueOptions, load_host_config
-from shared.transport import sdk_transport_options
+from devhost.queue_trigger import STORAGE_RETRY_OPTIONS
 
 STAND_IN_DELAY_MS = 20
 FAILURE_RATE = 0.05
@@ -65,19 +71,25 @@ MIN_EVENTS_PER_SECOND = 20.0
 QUEUE_EMPTY_TIMEOUT_SECONDS = 30.0
 
 
+# Azurite's per-message cost stays near its minimum up to a few hundred queued messages.
+BATCH_EVENTS = 500
+
+
 @dataclass(frozen=True)
-class _Mode:
+class _Scenario:
     label: str
+    batch_events: int | None
     failure_rate: float
     consumers: tuple[str, ...]
 
 
-# "devhost-no-dedupe" turns the dedupe ledger off (DEDUPE_WINDOW_HOURS=0), which shows
-# what its two Table round trips per event cost; it is a diagnostic, not a target.
-MODES = (
-    _Mode("clean", 0.0, ("baseline", "devhost", "devhost-no-dedupe")),
-    _Mode("fail5", FAILURE_RATE, ("baseline", "devhost")),
+SCENARIOS = (
+    _Scenario("deep-clean", None, 0.0, ("baseline", "devhost")),
+    _Scenario("deep-fail5", None, FAILURE_RATE, ("baseline", "devhost")),
+    _Scenario("batched-clean", BATCH_EVENTS, 0.0, ("baseline", "devhost", "devhost-no-dedupe")),
+    _Scenario("batched-fail5", BATCH_EVENTS, FAILURE_RATE, ("baseline", "devhost")),
 )
+CONSUMER_PROCESS = {"baseline": "bench", "devhost": "devhost", "devhost-no-dedupe": "devhost"}
 
 
 @dataclass(frozen=True)
@@ -110,20 +122,22 @@ async def run_delivery(
         "batch_size": options.batch_size,
         "new_batch_threshold": options.new_batch_threshold,
         "max_in_flight": options.batch_size + options.new_batch_threshold,
+        "batch_events": BATCH_EVENTS,
         "rounds": rounds,
         "modes": {},
     }
-    for mode in MODES:
-        runs: dict[str, list[dict[str, Any]]] = {consumer: [] for consumer in mode.consumers}
+    for scenario in SCENARIOS:
+        consumers = scenario.consumers
+        runs: dict[str, list[dict[str, Any]]] = {consumer: [] for consumer in consumers}
         for round_number in range(rounds):
-            shift = round_number % len(mode.consumers)
-            for consumer in (*mode.consumers[shift:], *mode.consumers[:shift]):
-                label = f"{mode.label}-{consumer}-{round_number + 1}"
+            shift = round_number % len(consumers)
+            for consumer in (*consumers[shift:], *consumers[:shift]):
+                label = f"{scenario.label}-{consumer}-{round_number + 1}"
                 run = await _run_once(
-                    environment, customers, events, requests, options, mode, consumer, label
+                    environment, customers, events, requests, options, scenario, consumer, label
                 )
                 runs[consumer].append(run)
-        report["modes"][mode.label] = _mode_report(mode, runs)
+        report["modes"][scenario.label] = _mode_report(scenario, runs)
     return report
 
 
@@ -139,7 +153,9 @@ def delivery_failures(result: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _mode_report(mode: _Mode, runs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, Any]:
+def _mode_report(
+    scenario: _Scenario, runs: Mapping[str, Sequence[dict[str, Any]]]
+) -> dict[str, Any]:
     pairs = list(zip(runs["baseline"], runs["devhost"], strict=True))
     ratios = [
         ours["per_second"] / base["per_second"]
@@ -155,13 +171,19 @@ def _mode_report(mode: _Mode, runs: Mapping[str, Sequence[dict[str, Any]]]) -> d
         ]
         diagnostic["ratio_no_dedupe_vs_baseline"] = round(median(without), 3) if without else None
     return {
-        "failure_rate": mode.failure_rate,
+        "failure_rate": scenario.failure_rate,
+        "batch_events": scenario.batch_events,
         **diagnostic,
         "median": {
             consumer: {
                 "per_second": round(median([run["per_second"] for run in results]), 1),
-                "cpu_ms_per_event": round(median([run["cpu_ms_per_event"] for run in results]), 2),
-                "other_cores": round(median([run["cpu_cores"]["other"] for run in results]), 2),
+                **{
+                    f"{name}_cpu_ms_per_event": round(
+                        median([run["cpu_ms_per_event"][name] for run in results]), 2
+                    )
+                    for name in ("consumer", "azurite", "all")
+                },
+                "other_cores": round(median([run["other_cores"] for run in results]), 2),
             }
             for consumer, results in runs.items()
         },
@@ -176,7 +198,7 @@ async def _run_once(
     events: Sequence[QueuedEvent],
     requests: Mapping[str, _Request],
     options: QueueOptions,
-    mode: _Mode,
+    scenario: _Scenario,
     consumer: str,
     label: str,
 ) -> dict[str, Any]:
@@ -184,70 +206,117 @@ async def _run_once(
     secrets = all_secrets(customers)
     stand_in_settings = environment.write_settings(f"{label}-clienttrack", secrets)
     fault_arguments = ["--delay-ms", str(STAND_IN_DELAY_MS)]
-    if mode.failure_rate:
+    if scenario.failure_rate:
         fault_arguments += [
-            "--fail-rate", str(mode.failure_rate),
+            "--fail-rate", str(scenario.failure_rate),
             "--statuses", str(FAILURE_STATUS),
             "--seed", str(FAILURE_SEED),
         ]  # fmt: skip
+    size = scenario.batch_events or len(events)
+    batches = [events[start : start + size] for start in range(0, len(events), size)]
+    cpu_seconds: defaultdict[str, float] = defaultdict(float)
+    problems: list[str] = []
     stand = environment.start_clienttrack(stand_in_settings, *fault_arguments)
     try:
-        await preload(environment.connection_string, names, events)
-        timeout = max(MIN_DRAIN_TIMEOUT_SECONDS, len(events) / MIN_EVENTS_PER_SECOND)
-        if consumer.startswith("devhost"):
-            extra = {
-                "RETRY_BASE_SECONDS": "0",
-                DISABLED_SETTING.format(name="webhook_ingest"): "true",
-            }
-            if consumer == "devhost-no-dedupe":
-                extra["DEDUPE_WINDOW_HOURS"] = "0"
-            values = environment.app_settings(
-                names, secrets, clienttrack_url=stand.url, extra=extra
-            )
-            devhost = environment.start_devhost(label, values)
-            try:
-                assert devhost.process is not None
-                pids = {"devhost": devhost.process.pid}
-                cpu, problems = await watch_stand_in(
-                    environment, stand, pids, len(events), timeout, devhost_alive=devhost
-                )
-            finally:
-                environment.stop(devhost)
-        else:
-            loop = _PlainLoop(environment.connection_string, names, requests, stand.url, options)
-            drain = asyncio.create_task(loop.run(len(events)))
-            try:
-                pids = {"bench": os.getpid()}
-                cpu, problems = await watch_stand_in(environment, stand, pids, len(events), timeout)
-            finally:
-                drain.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drain
-                await loop.close()
+        delivered_so_far = 0
+        for number, batch in enumerate(batches, start=1):
+            await preload(environment.connection_string, names, batch)
+            delivered_so_far += len(batch)
+            drained, batch_problems = await _drain(
+                environment, stand, names, secrets, requests, options, consumer,
+                f"{label}-{number}", delivered_so_far,
+            )  # fmt: skip
+            for name, seconds in drained.items():
+                cpu_seconds[name] += seconds
+            problems += batch_problems
+            if batch_problems:
+                break
         problems += await _leftovers(environment.connection_string, names)
     finally:
         environment.stop(stand.process)
 
-    timing = _record_timing(stand)
+    timing = _record_timing(stand, [{event.envelope.event_id for event in b} for b in batches])
     delivered = timing["delivered_events"]
-    per_second = delivered / timing["window_seconds"] if timing["window_seconds"] > 0 else 0.0
-    ours = set(cpu) - {"other", "machine", "seconds", "load_average_before"}
-    busy_cores = sum(cpu[name] for name in ours)
-    cpu_ms = busy_cores * cpu["seconds"] * 1000 / delivered if delivered else 0.0
+    window = timing["window_seconds"]
     if delivered != len(events):
         problems.append(f"{delivered} of {len(events)} events delivered")
     if timing["duplicates"]:
         problems.append(f"{timing['duplicates']} events delivered more than once")
+    metered = cpu_seconds["seconds"]
+    ours = {
+        "consumer": CONSUMER_PROCESS[consumer],
+        "clienttrack": "clienttrack",
+        "azurite": "azurite",
+    }
+    per_event = {
+        role: round(cpu_seconds[name] * 1000 / delivered, 2) if delivered else 0.0
+        for role, name in ours.items()
+    }
+    per_event["all"] = round(sum(per_event.values()), 2)
     return {
         "label": label,
-        "per_second": round(per_second, 1),
-        "window_seconds": round(timing["window_seconds"], 3),
+        "batches": len(batches),
+        "per_second": round(delivered / window, 1) if window > 0 else 0.0,
+        "window_seconds": round(window, 3),
         "delivered_events": delivered,
         "responses": timing["responses"],
-        "cpu_cores": {name: value for name, value in cpu.items() if name != "seconds"},
-        "cpu_ms_per_event": round(cpu_ms, 2),
+        "cpu_ms_per_event": per_event,
+        "other_cores": round(cpu_seconds["other"] / metered, 2) if metered else 0.0,
+        "metered_seconds": round(metered, 2),
         "problems": problems,
     }
+
+
+async def _drain(
+    environment: BenchEnvironment,
+    stand: Stand,
+    names: StorageNames,
+    secrets: Mapping[str, str],
+    requests: Mapping[str, _Request],
+    options: QueueOptions,
+    consumer: str,
+    label: str,
+    expected_total: int,
+) -> tuple[dict[str, float], list[str]]:
+    """Start the consumer on the preloaded queue and stop it once the stand-in counted
+    `expected_total` deliveries; return the CPU seconds used meanwhile, by process."""
+    timeout = max(MIN_DRAIN_TIMEOUT_SECONDS, expected_total / MIN_EVENTS_PER_SECOND)
+    if consumer.startswith("devhost"):
+        extra = {
+            "RETRY_BASE_SECONDS": "0",
+            DISABLED_SETTING.format(name="webhook_ingest"): "true",
+        }
+        if consumer == "devhost-no-dedupe":
+            extra["DEDUPE_WINDOW_HOURS"] = "0"
+        values = environment.app_settings(names, secrets, clienttrack_url=stand.url, extra=extra)
+        devhost = environment.start_devhost(label, values)
+        try:
+            assert devhost.process is not None
+            pids = {"devhost": devhost.process.pid}
+            cpu, problems = await watch_stand_in(
+                environment, stand, pids, expected_total, timeout, devhost_alive=devhost
+            )
+        finally:
+            environment.stop(devhost)
+    else:
+        loop = _PlainLoop(environment.connection_string, names, requests, stand.url, options)
+        drain = asyncio.create_task(loop.run())
+        try:
+            pids = {"bench": os.getpid()}
+            cpu, problems = await watch_stand_in(environment, stand, pids, expected_total, timeout)
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            await loop.close()
+    seconds = cpu["seconds"]
+    used = {
+        name: cores * seconds
+        for name, cores in cpu.items()
+        if name not in ("seconds", "machine", "load_average_before")
+    }
+    used["seconds"] = seconds
+    return used, problems
 
 
 def _request_headers(customer: Customer, event_id: str) -> dict[str, str]:
@@ -357,10 +426,15 @@ async def _visible_or_leased(queue: QueueClient) -> int:
     return int(properties.approximate_message_count or 0)
 
 
-def _record_timing(stand: Stand) -> dict[str, Any]:
-    """Read the stand-in's record file: first response, last 2xx, counts by status."""
-    first: datetime | None = None
-    last_success: datetime | None = None
+def _record_timing(stand: Stand, batches: Sequence[set[str]]) -> dict[str, Any]:
+    """Read the stand-in's record file: the summed drain time of the batches and the counts.
+
+    A batch's drain time runs from the first response to one of its events to the last 2xx
+    response to one of them.
+    """
+    first: dict[int, datetime] = {}
+    last_success: dict[int, datetime] = {}
+    batch_of = {event_id: index for index, batch in enumerate(batches) for event_id in batch}
     statuses: Counter[str] = Counter()
     deliveries: Counter[str] = Counter()
     try:
@@ -371,12 +445,20 @@ def _record_timing(stand: Stand) -> dict[str, Any]:
         record = json.loads(line)
         moment = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
         status = record["status"]
+        event_id = record["body"]["eventId"]
+        index = batch_of.get(event_id, -1)
         statuses[str(status)] += 1
-        first = moment if first is None or moment < first else first
+        if index not in first or moment < first[index]:
+            first[index] = moment
         if isinstance(status, int) and 200 <= status < 300:
-            deliveries[record["body"]["eventId"]] += 1
-            last_success = moment if last_success is None or moment > last_success else last_success
-    window = (last_success - first).total_seconds() if first and last_success else 0.0
+            deliveries[event_id] += 1
+            if index not in last_success or moment > last_success[index]:
+                last_success[index] = moment
+    window = sum(
+        (last_success[index] - first[index]).total_seconds()
+        for index in last_success
+        if index in first
+    )
     return {
         "window_seconds": window,
         "delivered_events": len(deliveries),
@@ -396,9 +478,10 @@ class _PlainLoop:
         url: str,
         options: QueueOptions,
     ) -> None:
-        # The same transport options as the app's clients, so only the work differs.
+        # Receive and delete stand in for the Functions host's side, so the loop's queue
+        # client is configured like devhost's; the post stands in for the processor.
         self.queue = QueueClient.from_connection_string(
-            connection_string, names.queue, **sdk_transport_options()
+            connection_string, names.queue, **STORAGE_RETRY_OPTIONS
         )
         self.requests = requests
         self.url = url
@@ -406,8 +489,9 @@ class _PlainLoop:
         self.client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS, limits=limits)
         self.consumer = BatchConsumer(self.queue, options, self._handle)
 
-    async def run(self, expected: int) -> None:
-        await self.consumer.run(expected)
+    async def run(self) -> None:
+        """Consume until cancelled; the caller watches the stand-in to know when to stop."""
+        await self.consumer.run(None)
 
     async def close(self) -> None:
         await self.consumer.cancel()
