@@ -9,10 +9,9 @@ at-least-once redelivery and an operator's replay carry the same event id, so ea
 one ClientTrack call, even when the copies are processed at the same moment.
 
 An event can still reach ClientTrack twice when the process dies between ClientTrack's 2xx
-and the mark, because the claim then expires after the function timeout. It can also when
-Table storage cannot be reached, because the processor then delivers rather than hold the
-event back. The
-`Idempotency-Key` header lets ClientTrack drop such a copy.
+and the mark, because the claim then expires after the function timeout; the
+`Idempotency-Key` header lets ClientTrack drop such a copy. While Table storage cannot be
+reached, events wait: a failed claim is retried like a ClientTrack outage.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.errors import StorageUnavailable
 from shared.settings import Settings
 from shared.transport import sdk_transport_options
 
@@ -52,6 +52,7 @@ class DeliveryLedger:
         from azure.data.tables.aio import TableClient
 
         self.window = timedelta(hours=settings.dedupe_window_hours)
+        self.table_name = settings.dedupe_table
         # A claim older than the longest an invocation may run belongs to a dead one.
         self.claim_lifetime = timedelta(seconds=settings.function_timeout_seconds)
         self.enabled = settings.dedupe_window_hours > 0
@@ -80,8 +81,8 @@ class DeliveryLedger:
     async def claim(self, customer_id: str, event_id: str) -> Claim:
         """Take the event id for one delivery attempt, or tell why not to deliver now.
 
-        A Table storage failure returns `Claim.TAKEN` and logs a warning: delivering again is
-        safer than holding the event back, and ClientTrack receives the same `Idempotency-Key`.
+        Raises `StorageUnavailable` when Table storage fails. The processor then retries the
+        event later instead of delivering it unchecked, which could repeat a delivery.
         """
         if not self.enabled:
             return Claim.TAKEN
@@ -107,13 +108,10 @@ class DeliveryLedger:
             except ResourceExistsError:
                 pass
             except ResourceNotFoundError:
-                logger.warning(
-                    "Dedupe claim for customer %s event %s failed (table missing and not yet "
-                    "created again); delivering anyway",
-                    customer_id,
-                    event_id,
-                )
-                return Claim.TAKEN
+                raise StorageUnavailable(
+                    f"Dedupe table {self.table_name} is missing and could not be created "
+                    "again yet (Azure keeps a deleted table's name for a while)."
+                ) from None
             existing = await self._table.get_entity(customer_id, event_id)
             state = existing.get("state", _DELIVERED)
             if state == _DELIVERED:
@@ -140,13 +138,9 @@ class DeliveryLedger:
             # Another invocation released the row between the two calls.
             return Claim.BUSY
         except AzureError as error:
-            logger.warning(
-                "Dedupe claim for customer %s event %s failed (%s); delivering anyway",
-                customer_id,
-                event_id,
-                type(error).__name__,
-            )
-            return Claim.TAKEN
+            raise StorageUnavailable(
+                f"Dedupe claim in table {self.table_name} failed: {type(error).__name__}."
+            ) from None
 
     async def mark_delivered(self, customer_id: str, event_id: str) -> None:
         """Record the delivery; a failure is logged, never raised, since the event got there."""

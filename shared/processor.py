@@ -46,6 +46,7 @@ from shared.errors import (
     EnvelopeError,
     PermanentDeliveryError,
     SecretStoreUnavailable,
+    StorageUnavailable,
     TransientDeliveryError,
 )
 from shared.secrets import CachedSecrets, api_key_name, subscription_key_name
@@ -168,8 +169,12 @@ class EventProcessor:
                 del self._turns[event_id]
 
     async def _deliver(self, envelope: Envelope, started: float) -> Outcome:
-        claim = await self.ledger.claim(envelope.customer_id, envelope.event_id)
         attempt = envelope.attempt + 1
+        try:
+            claim = await self.ledger.claim(envelope.customer_id, envelope.event_id)
+        except StorageUnavailable as error:
+            # Delivering without the claim could repeat a delivery; waiting cannot lose one.
+            return await self._retry(envelope, attempt, error, None, None, started)
         if claim is Claim.DELIVERED:
             self._log(envelope, attempt, None, started, Outcome.DUPLICATE)
             return Outcome.DUPLICATE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -330,3 +331,24 @@ async def bridge(
     opened = await open_bridge(env, standin)
     yield opened
     await close(opened)
+
+
+async def test_ledger_down_waits_instead_of_delivering(
+    storage_connection_string: str, queue_name: str, standin: ClientTrackStandIn
+) -> None:
+    from devhost.azurite import free_port
+
+    # Queues and blobs work, but the Table endpoint refuses connections.
+    closed_table = re.sub(
+        r"TableEndpoint=[^;]+;",
+        f"TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;",
+        storage_connection_string,
+    )
+    env = make_env(closed_table, queue_name, standin.url)
+    bridge = await open_bridge(env, standin)
+    try:
+        await bridge.send(build_envelope(CUSTOMER, sample_body()))
+        assert await bridge.run_once() == [Outcome.RETRY_SCHEDULED]
+        assert standin.requests == []
+    finally:
+        await close(bridge)
