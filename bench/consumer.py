@@ -26,7 +26,7 @@ Handler = Callable[[QueueMessage], Awaitable[bool]]
 
 class BatchConsumer:
     """Run `handler` on every message of `queue` until it returned True `expected` times,
-    or until cancelled when `expected` is None."""
+    or until `request_stop` when `expected` is None."""
 
     def __init__(self, queue: QueueClient, options: QueueOptions, handler: Handler) -> None:
         self.queue = queue
@@ -37,11 +37,15 @@ class BatchConsumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity = asyncio.Event()
         self._capacity.set()
+        self._stop = asyncio.Event()
 
     async def run(self, expected: int | None) -> None:
+        """Receive and handle messages; return once the handlers in progress finished."""
         empty_receives = 0
-        while expected is None or self.completed < expected:
+        while not self._stop.is_set() and (expected is None or self.completed < expected):
             await self._capacity.wait()
+            if self._stop.is_set():
+                break
             messages = await self._receive()
             if not messages:
                 empty_receives += 1
@@ -56,6 +60,10 @@ class BatchConsumer:
                     self._capacity.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+
+    def request_stop(self) -> None:
+        """Stop receiving; `run` returns once the messages already received are handled."""
+        self._stop.set()
 
     async def cancel(self) -> None:
         """Cancel the handlers still running, for a run that is abandoned."""

@@ -23,7 +23,7 @@ Drain time is measured on the stand-in's own clock, from its first response to i
 so devhost's start-up does not count against it. CPU is metered over the same stretch for
 the consumer, the stand-in and Azurite.
 
-With failures on, the stand-in answers a seeded 5% of requests with 500. The processor
+With failures on, the stand-in responds to a seeded 5% of requests with 500. The processor
 re-enqueues those with `attempt + 1`; RETRY_BASE_SECONDS is 0 for the benchmark, so a retry
 is visible again at once and the drain measures work rather than backoff waits. The
 baseline re-sends the same message text without delay, then deletes the original. A run is
@@ -69,9 +69,12 @@ MIN_DRAIN_TIMEOUT_SECONDS = 120.0
 # The slowest drain rate that still counts as working; below it the run is abandoned.
 MIN_EVENTS_PER_SECOND = 20.0
 QUEUE_EMPTY_TIMEOUT_SECONDS = 30.0
+# The loop sleeps up to maxPollingInterval (2 s) between empty receives before it notices.
+LOOP_STOP_TIMEOUT_SECONDS = 30.0
 
 
-# Azurite's per-message cost stays near its minimum up to a few hundred queued messages.
+# Azurite 3.35 spent about 1.5 ms of CPU per delete with 600 messages queued and 16 ms with
+# 5,000 (docs/benchmarks.md), so a batch stays at a few hundred.
 BATCH_EVENTS = 500
 
 
@@ -305,10 +308,14 @@ async def _drain(
             pids = {"bench": os.getpid()}
             cpu, problems = await watch_stand_in(environment, stand, pids, expected_total, timeout)
         finally:
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
+            # Like devhost on SIGTERM: receive no more, finish the deletes in progress.
+            loop.consumer.request_stop()
+            stopped = await _finished_within(drain, LOOP_STOP_TIMEOUT_SECONDS)
             await loop.close()
+        if not stopped:
+            problems.append(
+                f"the baseline loop did not stop within {LOOP_STOP_TIMEOUT_SECONDS:g} s"
+            )
     seconds = cpu["seconds"]
     used = {
         name: cores * seconds
@@ -317,6 +324,15 @@ async def _drain(
     }
     used["seconds"] = seconds
     return used, problems
+
+
+async def _finished_within(task: asyncio.Task[None], seconds: float) -> bool:
+    """Wait for `task` up to `seconds`; cancel it and return False if it is still running."""
+    try:
+        await asyncio.wait_for(task, seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _request_headers(customer: Customer, event_id: str) -> dict[str, str]:
@@ -490,7 +506,7 @@ class _PlainLoop:
         self.consumer = BatchConsumer(self.queue, options, self._handle)
 
     async def run(self) -> None:
-        """Consume until cancelled; the caller watches the stand-in to know when to stop."""
+        """Consume until `consumer.request_stop()`; the caller watches the stand-in for that."""
         await self.consumer.run(None)
 
     async def close(self) -> None:
