@@ -37,7 +37,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class CredentialsRejected(PermanentDeliveryError):
-    """ClientTrack answered 401 or 403: the stored keys are wrong or were rotated."""
+    """ClientTrack responded 401 or 403, so the stored keys are wrong or were rotated."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class ClientTrackClient:
                 status, retry_after, text = await self._send(content, headers)
         except (httpx.TimeoutException, TimeoutError) as error:
             raise TransientDeliveryError(
-                f"ClientTrack did not answer in time ({type(error).__name__})."
+                f"ClientTrack request timed out ({type(error).__name__})."
             ) from None
         except httpx.TransportError as error:
             raise TransientDeliveryError(
@@ -115,7 +115,7 @@ class ClientTrackClient:
             return status
         # Redact before shortening, so a key cut in half at the edge cannot leak its start.
         detail = credentials.redact(_CONTROL.sub(" ", text)).strip()[:MAX_DETAIL_CHARS]
-        message = f"ClientTrack answered HTTP {status}" + (f": {detail}" if detail else ".")
+        message = f"ClientTrack responded with HTTP {status}" + (f": {detail}" if detail else ".")
         if status in TRANSIENT_STATUSES or status >= 500:
             raise TransientDeliveryError(
                 message, status=status, retry_after_seconds=parse_retry_after(retry_after)

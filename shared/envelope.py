@@ -33,7 +33,7 @@ _EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class Failure:
-    """Why the processor parked an envelope in the poison queue."""
+    """The reason the processor parked an envelope in the poison queue."""
 
     reason: str
     status: int | None

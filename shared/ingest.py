@@ -38,7 +38,7 @@ _JSON = "application/json"
 
 @dataclass(frozen=True)
 class IngestResponse:
-    """What the HTTP trigger sends back."""
+    """The response the HTTP trigger sends."""
 
     status: int
     body: str
@@ -51,7 +51,7 @@ class _UnknownCustomer(Exception):
 
 
 class IngestHandler:
-    """Answers Onfleet's requests for one worker, sharing its secret cache and queue client."""
+    """Handler of Onfleet's requests for one worker, sharing its secret cache and queue client."""
 
     def __init__(self, settings: Settings, secrets: CachedSecrets, storage: EventStorage) -> None:
         self.settings = settings
@@ -68,7 +68,7 @@ class IngestHandler:
         headers: Mapping[str, str],
         body: bytes,
     ) -> IngestResponse:
-        """Answer one request to `/onfleet/webhooks/<customer_id>`."""
+        """Handle one request to `/onfleet/webhooks/<customer_id>` and return the response."""
         method = method.upper()
         if not CUSTOMER_ID.match(customer_id):
             # The id is not echoed: it is attacker-controlled text of any length.

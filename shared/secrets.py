@@ -129,14 +129,14 @@ class KeyVaultSecretStore:
             return None
         except ClientAuthenticationError as error:
             raise SecretStoreUnavailable(
-                f"Key Vault {self._vault_host} refused the identity while reading secret "
+                f"Key Vault {self._vault_host} rejected the identity while reading secret "
                 f"{name}: {type(error).__name__}. Check the app's access policy or role "
                 "assignment (Key Vault Secrets User)."
             ) from None
         except HttpResponseError as error:
             raise SecretStoreUnavailable(
-                f"Key Vault {self._vault_host} answered HTTP {error.status_code} while reading "
-                f"secret {name}; retry later."
+                f"Key Vault {self._vault_host} responded with HTTP {error.status_code} while "
+                f"reading secret {name}; retry later."
             ) from None
         except AzureError as error:
             raise SecretStoreUnavailable(

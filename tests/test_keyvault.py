@@ -90,7 +90,7 @@ async def test_wrong_token_unavailable(vault: KeyVaultStandIn) -> None:
         connection_verify=str(vault.ca_path),
     )
     try:
-        with pytest.raises(SecretStoreUnavailable, match="refused the identity"):
+        with pytest.raises(SecretStoreUnavailable, match="rejected the identity"):
             await store.get(f"clienttrack-api-key-{CUSTOMER}")
     finally:
         await store.close()
